@@ -1,0 +1,425 @@
+"""Word count, side by side: a plain ``collections.Counter``, Bytewax 0.21 and stashflow on one corpus.
+
+::
+
+    .venv/bin/python bench/wordcount.py [--words 10000000 | --quick] [--rounds 3]
+        [--systems counter,bytewax,stashflow] [--parallelism 2] [--out bench/out/wordcount.json]
+
+Per round and system it measures the wall time as a user experiences it (for Bytewax and stashflow,
+from starting the processes to the last one's exit: interpreter start-up, job deployment, the work
+and the sink's files) and the words per second that gives. A second, tiny run (1,000 words) of each
+process-based system measures its fixed cost (``startup_s``), reported beside it, so that small corpora
+can be read without it taking the figures over.
+
+Before each measured run the benchmark waits (``--quiet-wait``, 60 s at most) for other work on the
+machine to stop, and it reports per round the CPU time other processes used meanwhile
+(``cpu_s_by_others``): on 2 cores, a round during which that is large is not one to quote.
+
+Every system's output is checked, word by word, against the Counter of the corpus; a run whose
+output differs is reported as an error with what differed, never as a figure. A system that is not
+there (the Bytewax venv not made, the engine CLI not written yet) is reported as skipped.
+
+- ``counter``: one process, reads every file line by line, ``Counter.update(line.split())``.
+- ``bytewax``: ``bench/bytewax_wordcount.py``, one ``bytewax.run`` process per ``--parallelism``, one
+  worker each, over loopback; needs ``bench/setup_bytewax.sh``.
+- ``stashflow``: ``python -m engine run jobs/wordcount.py --parallelism N --metrics-out ...``; the
+  engine's own ``records_per_s`` and ``elapsed_s`` from the metrics file are reported too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from _harness import (
+    LOOPBACK,
+    REPO,
+    GroupFailed,
+    OtherWork,
+    free_loopback_port,
+    machine_info,
+    run_group,
+    summarize,
+    tail,
+    wait_until_quiet,
+    write_json,
+)
+from corpus import CorpusSpec, corpus_files, ensure_corpus
+
+BYTEWAX_PYTHON = REPO / "bench" / ".venv-bytewax" / "bin" / "python"
+ENGINE_PYTHON = REPO / ".venv" / "bin" / "python"
+ENGINE_MAIN = REPO / "engine" / "__main__.py"
+WORDCOUNT_JOB = REPO / "jobs" / "wordcount.py"
+STARTUP_WORDS = 1_000
+SYSTEMS = ("counter", "bytewax", "stashflow")
+
+
+class Skipped(Exception):
+    """The system is not available here; the message says why and how to make it so."""
+
+
+class WrongResult(Exception):
+    """The system ran but its output differs from the reference count."""
+
+
+@dataclass
+class Corpus:
+    directory: Path
+    words: int
+    files: list[Path]
+
+    @property
+    def glob(self) -> str:
+        return str(self.directory / "corpus-*.txt")
+
+
+@dataclass
+class Outcome:
+    """What one system did over all rounds."""
+
+    status: str = "ok"  # ok | skipped | error
+    reason: str | None = None
+    wall_s: list[float] = field(default_factory=list)
+    startup_s: list[float] = field(default_factory=list)
+    cpu_s_by_others: list[float | None] = field(default_factory=list)  # per round: see _harness.OtherWork
+    engine: list[dict[str, Any]] = field(default_factory=list)  # stashflow's metrics file, per round
+
+    def report(self, words: int) -> dict[str, Any]:
+        """The system's figures; a system that failed in any round gets none, only its completed rounds."""
+        out: dict[str, Any] = {"status": self.status}
+        if self.reason:
+            out["reason"] = self.reason
+        rounds: dict[str, Any] = {
+            "wall_s": self.wall_s,
+            "startup_s": self.startup_s,
+            "cpu_s_by_others": self.cpu_s_by_others,
+        }
+        if self.engine:
+            rounds["engine_metrics"] = self.engine
+        if self.status != "ok":
+            if self.wall_s:
+                out["completed_rounds"] = rounds  # for diagnosis, not figures
+            return out
+        wall = summarize(self.wall_s)
+        if wall is None:
+            return out
+        out.update(
+            wall_s=wall, words_per_s=words / wall["median"], rounds={k: v for k, v in rounds.items() if v}
+        )
+        startup = summarize(self.startup_s)
+        if startup:
+            out["startup_s"] = startup
+            if wall["median"] > startup["median"]:
+                out["words_per_s_excl_startup"] = words / (wall["median"] - startup["median"])
+        if self.engine:
+            for key in ("elapsed_s", "records_per_s"):
+                out[f"engine_{key}"] = summarize([m[key] for m in self.engine if m.get(key) is not None])
+            out["ft"] = self.engine[-1].get("ft")
+        return out
+
+
+# --- the reference ----------------------------------------------------------------------------------
+
+
+def count_with_counter(files: list[Path]) -> Counter[str]:
+    """The plain single-process word count: the reference every system is checked against."""
+    counts: Counter[str] = Counter()
+    for path in files:
+        with path.open(encoding="ascii") as lines:
+            for line in lines:
+                counts.update(line.split())
+    return counts
+
+
+def check_output(out_dir: Path, reference: Counter[str]) -> None:
+    """Raise :class:`WrongResult` unless the ``part-*.jsonl`` files hold exactly ``reference``."""
+    parts = sorted(out_dir.glob("part-*.jsonl"))
+    if not parts:
+        raise WrongResult(f"no part-*.jsonl files in {out_dir}")
+    got: dict[str, int] = {}
+    repeated = []
+    for part in parts:
+        with part.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                try:
+                    word, count = json.loads(line)
+                except ValueError as exc:
+                    raise WrongResult(
+                        f"{part}:{number}: expected a JSON [word, count], got {line[:80]!r}"
+                    ) from exc
+                if word in got:
+                    repeated.append(word)
+                got[word] = got.get(word, 0) + count
+    problems = []
+    if repeated:
+        problems.append(f"{len(repeated)} words written more than once, e.g. {repeated[:5]}")
+    missing = [w for w in reference if w not in got]
+    extra = [w for w in got if w not in reference]
+    wrong = [(w, got[w], n) for w, n in reference.items() if w in got and got[w] != n]
+    if missing:
+        problems.append(f"{len(missing)} words missing, e.g. {missing[:5]}")
+    if extra:
+        problems.append(f"{len(extra)} words not in the corpus, e.g. {extra[:5]}")
+    if wrong:
+        sample = ", ".join(f"{w!r}: {g} instead of {n}" for w, g, n in wrong[:5])
+        problems.append(f"{len(wrong)} words with wrong counts, e.g. {sample}")
+    if problems:
+        total = sum(got.values())
+        raise WrongResult(
+            f"output differs from the Counter ({total:,} vs {reference.total():,} words): "
+            + "; ".join(problems)
+        )
+
+
+# --- the systems ----------------------------------------------------------------------------------
+
+
+def fresh_dir(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+async def run_bytewax(
+    corpus: Corpus, out_dir: Path, parallelism: int, timeout: float
+) -> tuple[float, dict | None]:
+    if not BYTEWAX_PYTHON.exists():
+        raise Skipped(f"Bytewax is not installed: {BYTEWAX_PYTHON} is missing; run bench/setup_bytewax.sh")
+    ports = [free_loopback_port() for _ in range(parallelism)]
+    addresses = ";".join(f"{LOOPBACK}:{port}" for port in ports)
+    flow = f"bench/bytewax_wordcount.py:build({str(corpus.directory)!r}, {str(out_dir)!r})"
+    commands = [
+        [str(BYTEWAX_PYTHON), "-m", "bytewax.run", "-i", str(i), "-a", addresses, flow]
+        for i in range(parallelism)
+    ]
+    started = time.perf_counter()
+    await run_group(commands, timeout=timeout)
+    return time.perf_counter() - started, None
+
+
+async def run_stashflow(
+    corpus: Corpus, out_dir: Path, parallelism: int, timeout: float
+) -> tuple[float, dict | None]:
+    missing = [str(p.relative_to(REPO)) for p in (ENGINE_MAIN, WORDCOUNT_JOB) if not p.exists()]
+    if missing:
+        raise Skipped(f"the engine is not there yet: {', '.join(missing)} missing")
+    metrics_file = out_dir.parent / f"{out_dir.name}.metrics.json"
+    metrics_file.unlink(missing_ok=True)
+    command = [
+        str(ENGINE_PYTHON), "-m", "engine", "run", str(WORDCOUNT_JOB),
+        "-P", f"input={corpus.glob}",
+        "-P", f"output={out_dir}",
+        "--parallelism", str(parallelism),
+        "--metrics-out", str(metrics_file),
+    ]  # fmt: skip
+    started = time.perf_counter()
+    await run_group([command], timeout=timeout)
+    wall = time.perf_counter() - started
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise WrongResult(f"no readable metrics in {metrics_file}: {exc}") from exc
+    return wall, metrics
+
+
+#: (corpus, output directory, parallelism, timeout) -> (wall seconds, the engine's metrics or None)
+Runner = Callable[[Corpus, Path, int, float], Awaitable[tuple[float, dict | None]]]
+RUNNERS: dict[str, Runner] = {"bytewax": run_bytewax, "stashflow": run_stashflow}
+
+
+async def measure_process_system(
+    name: str, corpus: Corpus, probe: Corpus, reference: Counter[str], probe_reference: Counter[str],
+    outcome: Outcome, args: argparse.Namespace,
+) -> None:  # fmt: skip
+    """One round of a process-based system: the tiny probe run (fixed cost), then the real one."""
+    runner = RUNNERS[name]
+    out_root = args.work / name
+    try:
+        probe_out = fresh_dir(out_root / "startup")
+        startup, _ = await runner(probe, probe_out, args.parallelism, args.timeout)
+        check_output(probe_out, probe_reference)
+        out_dir = fresh_dir(out_root / "output")
+        await wait_until_quiet(args.quiet_wait)
+        with OtherWork() as others:
+            wall, metrics = await runner(corpus, out_dir, args.parallelism, args.timeout)
+        check_output(out_dir, reference)
+    except Skipped as exc:
+        outcome.status, outcome.reason = "skipped", str(exc)
+        return
+    except GroupFailed as exc:
+        details = "\n".join(
+            f"--- {' '.join(f.argv)}\n{tail(f.stderr) or tail(f.stdout)}" for f in exc.finished
+        )
+        outcome.status, outcome.reason = "error", f"{exc}\n{details}"
+        return
+    except WrongResult as exc:
+        outcome.status, outcome.reason = "error", f"wrong result: {exc}"
+        return
+    outcome.startup_s.append(startup)
+    outcome.wall_s.append(wall)
+    outcome.cpu_s_by_others.append(others.cpu_s)
+    if metrics is not None:
+        outcome.engine.append(metrics)
+
+
+# --- main -------------------------------------------------------------------------------------------
+
+
+def bytewax_version() -> str | None:
+    dist = list((REPO / "bench" / ".venv-bytewax").glob("lib/python*/site-packages/bytewax-*.dist-info"))
+    return dist[0].name.removeprefix("bytewax-").removesuffix(".dist-info") if dist else None
+
+
+def ratio(report: dict[str, dict[str, Any]], a: str, b: str) -> float | None:
+    x, y = report[a].get("words_per_s"), report[b].get("words_per_s")
+    return x / y if x and y else None
+
+
+def _known(values: list[float | None] | None) -> list[float]:
+    return [v for v in values or () if v is not None]
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"\nword count, {report['corpus']['words']:,} words ({report['corpus']['distinct_words']:,} distinct), "
+          f"{report['rounds']} round(s), parallelism {report['parallelism']}, medians")  # fmt: skip
+    print(
+        f"{'system':<10} {'status':<8} {'wall s':>8} {'words/s':>12} {'startup s':>10} {'words/s excl. startup':>22}"
+        f" {'others CPU-s':>13}"
+    )
+    for name, r in report["systems"].items():
+        wall, startup = r.get("wall_s"), r.get("startup_s")
+        cells = [
+            f"{wall['median']:8.2f}" if wall else f"{'-':>8}",
+            f"{r['words_per_s']:12,.0f}" if "words_per_s" in r else f"{'-':>12}",
+            f"{startup['median']:10.2f}" if startup else f"{'-':>10}",
+            f"{r['words_per_s_excl_startup']:22,.0f}" if "words_per_s_excl_startup" in r else f"{'-':>22}",
+            f"{max(others):13.2f}"
+            if (others := _known(r.get("rounds", {}).get("cpu_s_by_others")))
+            else f"{'-':>13}",
+        ]
+        print(f"{name:<10} {r['status']:<8} {' '.join(cells)}")
+    for name, r in report["systems"].items():
+        if r.get("reason"):
+            print(f"\n{name} {r['status']}: {r['reason']}")
+    print("(others CPU-s: the most CPU time other processes used during one round; see README.md)\n")
+    for key, value in report["ratios"].items():
+        print(f"{key:<20} {'-' if value is None else f'{value:.3f}x'}")
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    machine = machine_info()
+    label = f"{args.words // 1_000_000}M" if args.words % 1_000_000 == 0 else str(args.words)
+    spec = CorpusSpec(words=args.words, files=args.files, seed=args.seed)
+    manifest = ensure_corpus(args.data / f"corpus-{label}", spec)
+    corpus = Corpus(args.data / f"corpus-{label}", args.words, corpus_files(args.data / f"corpus-{label}"))
+    probe_dir = args.data / "corpus-startup"
+    ensure_corpus(probe_dir, CorpusSpec(words=STARTUP_WORDS, files=args.files, seed=args.seed))
+    probe = Corpus(probe_dir, STARTUP_WORDS, corpus_files(probe_dir))
+    probe_reference = count_with_counter(probe.files)
+
+    outcomes = {name: Outcome() for name in args.systems}
+    reference: Counter[str] | None = None
+    for round_ in range(1, args.rounds + 1):
+        print(f"round {round_}/{args.rounds}", file=sys.stderr)
+        await wait_until_quiet(args.quiet_wait)
+        with OtherWork() as others:
+            started = time.perf_counter()
+            counts = count_with_counter(corpus.files)
+            elapsed = time.perf_counter() - started
+        if reference is None:
+            reference = counts
+            if reference.total() != corpus.words:
+                raise SystemExit(
+                    f"corpus {corpus.directory} holds {reference.total():,} words, expected {corpus.words:,}"
+                )
+        elif counts != reference:
+            raise SystemExit("the Counter gave different results in two rounds: the corpus changed under us")
+        if "counter" in outcomes:
+            outcomes["counter"].wall_s.append(elapsed)
+            outcomes["counter"].cpu_s_by_others.append(others.cpu_s)
+        for name in args.systems:
+            if name != "counter" and outcomes[name].status == "ok":
+                await measure_process_system(
+                    name, corpus, probe, reference, probe_reference, outcomes[name], args
+                )
+                print(f"  {name}: {outcomes[name].status} {outcomes[name].wall_s[-1:]}", file=sys.stderr)
+
+    assert reference is not None
+    systems = {name: outcome.report(corpus.words) for name, outcome in outcomes.items()}
+    if "bytewax" in systems:
+        systems["bytewax"].update(
+            version=bytewax_version(), processes=args.parallelism, workers_per_process=1
+        )
+    present = [s for s in SYSTEMS if s in systems]
+    report = {
+        "benchmark": "wordcount",
+        "corpus": {
+            "directory": str(corpus.directory),
+            "words": corpus.words,
+            "distinct_words": len(reference),
+            "bytes": manifest["total_bytes"],
+            **{k: manifest["spec"][k] for k in ("files", "seed", "vocab", "zipf_s")},
+        },
+        "rounds": args.rounds,
+        "parallelism": args.parallelism,
+        "machine": machine,
+        "systems": systems,
+        "ratios": {
+            f"{a}/{b}": ratio(systems, a, b)
+            for a, b in (("stashflow", "bytewax"), ("stashflow", "counter"), ("bytewax", "counter"))
+            if a in present and b in present
+        },
+    }
+    print_table(report)
+    write_json(args.out, report)
+    return 1 if any(r["status"] == "error" for r in systems.values()) else 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--words", type=int, default=10_000_000, help="corpus size in words (default 10M)")
+    parser.add_argument("--quick", action="store_const", dest="words", const=1_000_000, help="1M words")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {','.join(SYSTEMS)}"
+    )
+    parser.add_argument("--parallelism", type=int, default=2, help="processes for Bytewax and stashflow")
+    parser.add_argument("--files", type=int, default=4, help="corpus files (the unit of source parallelism)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=900, help="seconds one run of one system may take")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60,
+        help="seconds to wait, before each run, for other work to stop",
+    )
+    parser.add_argument("--data", type=Path, default=REPO / "bench" / "data")
+    parser.add_argument(
+        "--work", type=Path, default=REPO / "bench" / "out" / "wordcount", help="systems' outputs"
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "wordcount.json")
+    args = parser.parse_args(argv)
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = sorted(set(args.systems) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"unknown system(s) {unknown}; choose from {', '.join(SYSTEMS)}")
+    if args.rounds < 1 or args.parallelism < 1:
+        parser.error("--rounds and --parallelism must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    return asyncio.run(main_async(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

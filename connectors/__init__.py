@@ -1,0 +1,28 @@
+"""Built-in sources and sinks.
+
+Sources: :class:`FileSource` (lines of text files, split by byte range across instances),
+:class:`GeneratorSource` (``fn(i)`` for record numbers, optionally rate-limited), :class:`ListSource`
+(a fixed list, for tests). Sinks: :class:`FileSink` (JSON Lines, one part file per instance),
+:class:`StdoutSink` (``print``), :class:`CollectSink` (in memory, for in-process tests).
+
+Write your own by subclassing :class:`engine.connector.Source` / :class:`engine.connector.Sink`.
+
+>>> import asyncio
+>>> from connectors import GeneratorSource
+>>> asyncio.run(GeneratorSource(str, count=3).open(index=0, parallelism=1).read(10))
+['0', '1', '2']
+"""
+
+from connectors.files import FileSink, FileSource
+from connectors.generator import GeneratorSource
+from connectors.memory import CollectSink, ListSource
+from connectors.stdout import StdoutSink
+
+__all__ = [
+    "CollectSink",
+    "FileSink",
+    "FileSource",
+    "GeneratorSource",
+    "ListSource",
+    "StdoutSink",
+]

@@ -1,0 +1,61 @@
+"""Engine settings of one job run, validated once, shipped to every worker as a plain dict."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from engine.errors import ParameterError
+
+__all__ = ["FT_MODES", "JobConfig"]
+
+#: Fault-tolerance modes (DESIGN.md §8) this build implements.
+FT_MODES = ("none",)
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """How a job runs. Every field has a CLI flag of the same name (``--batch-size``, ``--flush-ms``...)."""
+
+    #: default parallelism of every step (overrides the job's own default when set)
+    parallelism: int | None = None
+    #: records per output batch: a buffer is sent as soon as it holds this many
+    batch_size: int = 1000
+    #: latency bound: a partially filled buffer is sent this many milliseconds after its first record
+    flush_ms: float = 5.0
+    #: credit window: batches a receiver buffers per input channel before the sender blocks
+    window: int = 8
+    #: largest frame a channel accepts, in bytes
+    max_frame_bytes: int = 64 * 1024 * 1024
+    #: fault tolerance (DESIGN.md §8)
+    ft: str = "none"
+
+    def __post_init__(self) -> None:
+        def positive(name: str, value: float, kind: type = int) -> None:
+            if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
+                raise ParameterError(f"setting {name} must be a positive {kind.__name__}, got {value!r}")
+
+        if self.parallelism is not None:
+            positive("parallelism", self.parallelism)
+        positive("batch_size", self.batch_size)
+        positive("window", self.window)
+        positive("max_frame_bytes", self.max_frame_bytes)
+        if not isinstance(self.flush_ms, int | float) or self.flush_ms < 0:
+            raise ParameterError(f"setting flush_ms must be a number >= 0, got {self.flush_ms!r}")
+        if self.ft not in FT_MODES:
+            raise ParameterError(
+                f"setting ft={self.ft!r} is not supported; choose one of {', '.join(FT_MODES)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ParameterError(
+                f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        return cls(**data)

@@ -1,0 +1,125 @@
+"""Base classes for sources and sinks: how the outside world enters and leaves a job.
+
+A connector object (a :class:`Source` or a :class:`Sink`) is a *description* built by the job code. The
+job file is executed in every process that hosts an instance, so the object is rebuilt there rather than
+shipped; it must therefore be cheap to construct and must not open anything in ``__init__``. Each
+instance of the step calls :meth:`Source.open` / :meth:`Sink.open` with its index and the step's
+parallelism and gets its own reader or writer.
+
+Determinism contract (DESIGN.md §3, §4 ``SOURCE``): a :class:`SourceReader` positioned with
+:meth:`SourceReader.seek` at an offset it returned from :meth:`SourceReader.offset` must return the
+same records again. How many records one :meth:`SourceReader.read` returns may depend on time (a rate
+limit, data not yet arrived): the engine records the offsets around every batch it cuts, so a replay
+re-reads the identical batch with :meth:`SourceReader.read_exact`.
+
+Writing a custom source::
+
+    class Countdown(Source):
+        def __init__(self, n: int):
+            self.n = n
+
+        def open(self, index: int, parallelism: int) -> SourceReader:
+            return CountdownReader(self.n, index, parallelism)
+
+    class CountdownReader(SourceReader):
+        def __init__(self, n, index, parallelism):
+            self.values = list(range(n))[index::parallelism]
+            self.pos = 0
+
+        async def read(self, max_records):
+            if self.pos >= len(self.values):
+                return None                      # end of stream
+            out = self.values[self.pos:self.pos + max_records]
+            self.pos += len(out)
+            return out
+
+        def offset(self):
+            return self.pos
+
+        def seek(self, offset):
+            self.pos = offset
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["Sink", "SinkWriter", "Source", "SourceReader"]
+
+
+class SourceReader(abc.ABC):
+    """Reads one instance's share of a source. Owned by one instance; never shared across tasks."""
+
+    @abc.abstractmethod
+    async def read(self, max_records: int) -> Sequence[Any] | None:
+        """Return the next at most ``max_records`` records, or ``None`` at the end of the stream.
+
+        May wait (a rate limit, an unbounded source with no data yet); may return an empty list when
+        nothing is available now but the stream goes on. Never raises for end of stream.
+        """
+
+    @abc.abstractmethod
+    def offset(self) -> Any:
+        """The position right after the last record returned: a msgpack-encodable value."""
+
+    @abc.abstractmethod
+    def seek(self, offset: Any) -> None:
+        """Continue reading from ``offset``, a value returned by :meth:`offset` of an equal reader."""
+
+    async def read_exact(self, count: int) -> Sequence[Any]:
+        """Return exactly ``count`` records from the current offset (used to replay a logged batch).
+
+        The default loops over :meth:`read`; readers whose :meth:`read` waits on time (rate limits)
+        override it to return the records without waiting.
+        """
+        out: list[Any] = []
+        while len(out) < count:
+            chunk = await self.read(count - len(out))
+            if chunk is None:
+                raise EOFError(
+                    f"{type(self).__name__}: stream ended after {len(out)} of {count} records to replay"
+                )
+            out.extend(chunk)
+        return out
+
+    def progress(self) -> tuple[int, int] | None:
+        """``(done, total)`` in any unit for a progress bar, or ``None`` when unknown (unbounded)."""
+        return None
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, most readers hold nothing
+        """Release what the reader holds (files, sockets)."""
+
+
+class Source(abc.ABC):
+    """Describes an external input; :meth:`open` gives each instance its reader."""
+
+    #: A bounded source ends (its readers return ``None``); the job finishes when all of them have.
+    bounded: bool = True
+
+    @abc.abstractmethod
+    def open(self, index: int, parallelism: int) -> SourceReader:
+        """Open the reader of instance ``index`` of ``parallelism``."""
+
+
+class SinkWriter(abc.ABC):
+    """Writes one instance's share of a sink's output."""
+
+    @abc.abstractmethod
+    def write_batch(self, records: Sequence[Any]) -> None:
+        """Write records, in order. Called once per batch, never concurrently."""
+
+    def flush(self) -> None:  # noqa: B027 - optional hook
+        """Make what was written so far durable/visible (called at end of stream and before close)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what the writer holds. Called once, after the last :meth:`flush`."""
+
+
+class Sink(abc.ABC):
+    """Describes an external output; :meth:`open` gives each instance its writer."""
+
+    @abc.abstractmethod
+    def open(self, index: int, parallelism: int) -> SinkWriter:
+        """Open the writer of instance ``index`` of ``parallelism``."""

@@ -1,0 +1,475 @@
+"""The coordinator: accepts jobs, places instances on workers, watches them, reports.
+
+HTTP API (aiohttp), JSON bodies:
+
+=========================  ==========================================================================
+``GET  /health``           ``{"ok": true}``
+``POST /jobs``             ``{"ref": {...}, "params": {...}, "config": {...}}`` -> ``{"job": id}``;
+                           400 with ``{"error": "..."}`` for a bad job, parameter or setting
+``GET  /jobs``             every job's summary
+``GET  /jobs/{id}``        status and per-instance metrics (see :meth:`JobRun.status`)
+``POST /jobs/{id}/cancel`` cancel a running job
+``GET  /ws/worker``        the control websocket of workers (see :mod:`engine.worker`)
+=========================  ==========================================================================
+
+Job lifecycle: ``deploying`` (instances placed, workers load the job and open their input channels)
+-> ``running`` (every worker got the address table) -> ``finished`` | ``failed`` | ``canceled``.
+Placement: a worker pinned to an instance (local mode) gets exactly that one; otherwise instances go
+round-robin to registered workers with free slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from engine.codec import pack, unpack
+from engine.config import JobConfig
+from engine.errors import CoordinatorError, JobDefinitionError, JobLoadError, ParameterError
+from engine.launcher import LocalLauncher
+from engine.loader import JobRef, load_job
+from engine.plan import Plan
+
+__all__ = ["Coordinator", "JobRun"]
+
+log = logging.getLogger("stashflow.coordinator")
+
+TERMINAL = ("finished", "failed", "canceled")
+
+
+@dataclass
+class WorkerConn:
+    worker_id: str
+    ws: web.WebSocketResponse
+    address: tuple[Any, ...]
+    slots: int
+    pin: str | None
+    pid: int | None
+    instances: set[tuple[str, str]] = field(default_factory=set)  # (job, instance)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.ws.closed:
+            return
+        async with self.lock:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.ws.send_bytes(pack(message))
+
+
+@dataclass
+class JobRun:
+    """One submitted job, as the coordinator tracks it."""
+
+    job_id: str
+    name: str
+    ref: JobRef
+    params: dict[str, str]
+    config: JobConfig
+    plan: Plan
+    secret: bytes
+    state: str = "deploying"
+    error: str | None = None
+    failed_instance: str | None = None
+    submitted_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    placement: dict[str, str] = field(default_factory=dict)  # instance -> worker id
+    addresses: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    deployed: set[str] = field(default_factory=set)
+    finished: set[str] = field(default_factory=set)
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # task instance -> statistics
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def elapsed_s(self) -> float:
+        start = self.started_at or self.submitted_at
+        return (self.finished_at or time.time()) - start
+
+    def instance_metrics(self) -> dict[str, dict[str, Any]]:
+        """Per step instance (chained steps too): records in/out and the task instance's counters."""
+        out: dict[str, dict[str, Any]] = {}
+        for task in self.plan.tasks:
+            for i in range(task.parallelism):
+                tname = task.instance(i)
+                st = self.stats.get(tname, {})
+                steps = st.get("steps", {})
+                for step in task.steps:
+                    sname = f"{step.name}/{i}"
+                    counts = steps.get(sname, {})
+                    out[sname] = {
+                        "task": tname,
+                        "state": st.get("state", "deploying" if self.state == "deploying" else "unknown"),
+                        "records_in": counts.get("records_in", 0),
+                        "records_out": counts.get("records_out", 0),
+                        "restarts": 0,
+                        "batches_in": st.get("batches_in", 0),
+                        "batches_out": st.get("batches_out", 0),
+                        "bytes_out": st.get("bytes_out", 0),
+                        "backpressure_s": round(st.get("backpressure_s", 0.0), 4),
+                        "worker": self.placement.get(tname),
+                    }
+        return out
+
+    def source_records(self) -> int:
+        total = 0
+        for task in self.plan.tasks:
+            if task.is_source:
+                for i in range(task.parallelism):
+                    counts = (
+                        self.stats.get(task.instance(i), {})
+                        .get("steps", {})
+                        .get(f"{task.steps[0].name}/{i}", {})
+                    )
+                    total += counts.get("records_out", 0)
+        return total
+
+    def status(self) -> dict[str, Any]:
+        elapsed = self.elapsed_s
+        records = self.source_records()
+        return {
+            "job": self.job_id,
+            "name": self.name,
+            "state": self.state,
+            "error": self.error,
+            "failed_instance": self.failed_instance,
+            "ft": self.config.ft,
+            "elapsed_s": round(elapsed, 4),
+            "records_per_s": round(records / elapsed, 1) if elapsed > 0 else 0.0,
+            "source_records": records,
+            "graph": self.plan.describe(),
+            "instances": self.instance_metrics(),
+        }
+
+
+class Coordinator:
+    """Run with ``async with Coordinator(...) as c:``; ``c.url`` is where workers and clients connect."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8081,
+        launcher: LocalLauncher | None = None,
+        deploy_timeout: float = 60.0,
+    ):
+        self.host = host
+        self.port = port
+        self.launcher = launcher
+        self.deploy_timeout = deploy_timeout
+        self.jobs: dict[str, JobRun] = {}
+        self.workers: dict[str, WorkerConn] = {}
+        self._workers_changed = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self._bg: set[asyncio.Task[Any]] = set()
+        self.app = web.Application()
+        self.app.add_routes(
+            [
+                web.get("/health", self._h_health),
+                web.get("/jobs", self._h_jobs),
+                web.post("/jobs", self._h_submit),
+                web.get("/jobs/{id}", self._h_job),
+                web.post("/jobs/{id}/cancel", self._h_cancel),
+                web.get("/ws/worker", self._h_worker),
+            ]
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Coordinator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise CoordinatorError(
+                f"coordinator cannot listen on {self.host}:{self.port}: {exc.strerror}; pick another --port"
+            ) from None
+        if self.port == 0:
+            self.port = int(self._runner.addresses[0][1])
+        log.info("coordinator listening on %s", self.url)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def aclose(self) -> None:
+        for job in self.jobs.values():
+            if job.state not in TERMINAL:
+                await self.cancel(job.job_id)
+        for w in list(self.workers.values()):
+            await w.send({"type": "shutdown"})
+        if self.launcher is not None:
+            await self.launcher.aclose()
+        for t in list(self._bg):
+            t.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- jobs ----------------------------------------------------------------------------------------
+
+    def submit(self, ref: JobRef, params: dict[str, str], config: JobConfig) -> JobRun:
+        """Validate and plan the job, then deploy it in the background; errors raise before anything starts."""
+        job = load_job(ref, params)
+        plan = Plan.of(job, config.parallelism)
+        job_id = f"{job.name}-{secrets.token_hex(3)}"
+        run = JobRun(job_id, job.name, ref, params, config, plan, secrets.token_bytes(32))
+        self.jobs[job_id] = run
+        self._spawn(self._deploy(run))
+        return run
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> JobRun:
+        run = self.jobs[job_id]
+        await asyncio.wait_for(run.done.wait(), timeout)
+        return run
+
+    async def _deploy(self, run: JobRun) -> None:
+        instances = run.plan.instances()
+        try:
+            if self.launcher is not None:
+                await self.launcher.launch(self.url, run.job_id, instances)
+            await asyncio.wait_for(self._place(run, instances), self.deploy_timeout)
+        except TimeoutError:
+            await self._fail(run, None, self._placement_problem(run, instances))
+            return
+        except Exception as exc:
+            await self._fail(run, None, f"deploying job {run.job_id} failed: {exc}")
+            return
+        by_worker: dict[str, list[str]] = {}
+        for inst, wid in run.placement.items():
+            by_worker.setdefault(wid, []).append(inst)
+        for wid, insts in by_worker.items():
+            await self.workers[wid].send(
+                {
+                    "type": "deploy",
+                    "job": run.job_id,
+                    "ref": run.ref.to_dict(),
+                    "params": run.params,
+                    "config": run.config.to_dict(),
+                    "secret": run.secret,
+                    "instances": insts,
+                }
+            )
+
+    def _placement_problem(self, run: JobRun, instances: list[str]) -> str:
+        free = sum(w.slots - len(w.instances) for w in self.workers.values() if w.pin is None)
+        return (
+            f"job {run.job_id} needs {len(instances)} instance slots; {len(run.placement)} were placed within "
+            f"{self.deploy_timeout:.0f} s ({free} free slots on {len(self.workers)} workers); start more workers "
+            "or raise --slots"
+        )
+
+    async def _place(self, run: JobRun, instances: list[str]) -> None:
+        pending = list(instances)
+        async with self._workers_changed:
+            while True:
+                for w in self.workers.values():
+                    if w.pin is not None:
+                        job_id, _, inst = w.pin.partition(":")
+                        if job_id == run.job_id and inst in pending:
+                            self._assign(run, inst, w)
+                            pending.remove(inst)
+                if self.launcher is None:
+                    free = sorted(
+                        (w for w in self.workers.values() if w.pin is None and len(w.instances) < w.slots),
+                        key=lambda w: (len(w.instances), w.worker_id),
+                    )
+                    while pending and free:
+                        w = free.pop(0)
+                        self._assign(run, pending.pop(0), w)
+                        if len(w.instances) < w.slots:
+                            free.append(w)
+                            free.sort(key=lambda w: (len(w.instances), w.worker_id))
+                if not pending:
+                    return
+                await self._workers_changed.wait()
+
+    def _assign(self, run: JobRun, inst: str, w: WorkerConn) -> None:
+        run.placement[inst] = w.worker_id
+        run.addresses[inst] = w.address
+        w.instances.add((run.job_id, inst))
+
+    async def _on_deployed(self, run: JobRun, insts: list[str]) -> None:
+        run.deployed.update(insts)
+        if run.state == "deploying" and len(run.deployed) == len(run.placement) == len(run.plan.instances()):
+            run.state = "running"
+            run.started_at = time.time()
+            addresses = {k: list(v) for k, v in run.addresses.items()}
+            for wid in set(run.placement.values()):
+                await self.workers[wid].send({"type": "start", "job": run.job_id, "addresses": addresses})
+            log.info("job %s running: %d instances", run.job_id, len(run.placement))
+
+    async def _on_finished(self, run: JobRun, inst: str, stats: dict[str, Any]) -> None:
+        run.stats[inst] = stats
+        run.finished.add(inst)
+        if run.state == "running" and len(run.finished) == len(run.placement):
+            run.state = "finished"
+            run.finished_at = time.time()
+            self._release(run)
+            run.done.set()
+            log.info("job %s finished in %.2f s", run.job_id, run.elapsed_s)
+
+    async def _fail(self, run: JobRun, inst: str | None, error: str) -> None:
+        if run.state in TERMINAL:
+            return
+        run.state = "failed"
+        run.error = error
+        run.failed_instance = inst
+        run.finished_at = time.time()
+        log.error("job %s failed: %s", run.job_id, error)
+        await self._stop_job(run)
+        run.done.set()
+
+    async def cancel(self, job_id: str) -> JobRun:
+        run = self.jobs.get(job_id)
+        if run is None:
+            raise CoordinatorError(f"no job {job_id!r}; `stashflow status` lists the jobs")
+        if run.state not in TERMINAL:
+            run.state = "canceled"
+            run.finished_at = time.time()
+            await self._stop_job(run)
+            run.done.set()
+        return run
+
+    async def _stop_job(self, run: JobRun) -> None:
+        for wid in set(run.placement.values()):
+            w = self.workers.get(wid)
+            if w is not None:
+                await w.send({"type": "cancel", "job": run.job_id})
+        self._release(run)
+        if self.launcher is not None:
+            self._spawn(self.launcher.reap(run.job_id, grace=2.0))
+
+    def _release(self, run: JobRun) -> None:
+        for w in self.workers.values():
+            w.instances = {(j, i) for (j, i) in w.instances if j != run.job_id}
+
+    # -- worker control ------------------------------------------------------------------------------
+
+    async def _h_worker(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=64 * 1024 * 1024)
+        await ws.prepare(request)
+        conn: WorkerConn | None = None
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.BINARY:
+                    continue
+                data = unpack(msg.data)
+                if data["type"] == "register":
+                    conn = WorkerConn(
+                        data["worker"],
+                        ws,
+                        tuple(data["address"]),
+                        int(data["slots"]),
+                        data.get("pin"),
+                        data.get("pid"),
+                    )
+                    self.workers[conn.worker_id] = conn
+                    log.info("worker %s registered (data %s, pid %s)", conn.worker_id, conn.address, conn.pid)
+                    async with self._workers_changed:
+                        self._workers_changed.notify_all()
+                elif conn is not None:
+                    await self._on_worker_message(conn, data)
+        finally:
+            if conn is not None:
+                self.workers.pop(conn.worker_id, None)
+                await self._on_worker_lost(conn)
+        return ws
+
+    async def _on_worker_message(self, conn: WorkerConn, data: dict[str, Any]) -> None:
+        kind = data["type"]
+        if kind == "heartbeat":
+            for job_id, insts in data["stats"].items():
+                run = self.jobs.get(job_id)
+                if run is not None:
+                    for name, st in insts.items():
+                        if name not in run.finished:
+                            run.stats[name] = st
+            return
+        run = self.jobs.get(data.get("job", ""))
+        if run is None:
+            return
+        if kind == "deployed":
+            await self._on_deployed(run, list(data["instances"]))
+        elif kind == "finished":
+            await self._on_finished(run, data["instance"], data["stats"])
+        elif kind == "failed":
+            if data.get("stats"):
+                run.stats[data["instance"]] = data["stats"]
+            where = f"instance {data['instance']}: " if data.get("instance") else ""
+            await self._fail(run, data.get("instance"), where + data["error"])
+
+    async def _on_worker_lost(self, conn: WorkerConn) -> None:
+        for job_id, inst in sorted(conn.instances):
+            run = self.jobs.get(job_id)
+            if run is None or run.state in TERMINAL or inst in run.finished:
+                continue
+            exit_info = ""
+            if self.launcher is not None:
+                code = await self.launcher.exit_code(job_id, inst, wait=1.0)
+                exit_info = f", exit code {code}" if code is not None else ""
+            await self._fail(
+                run,
+                inst,
+                f"instance {inst}: its worker {conn.worker_id} (pid {conn.pid}{exit_info}) went away; "
+                "this fault-tolerance mode (--ft none) does not recover instances",
+            )
+
+    # -- HTTP ----------------------------------------------------------------------------------------
+
+    async def _h_health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "workers": len(self.workers), "jobs": len(self.jobs)})
+
+    async def _h_jobs(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            [
+                {"job": r.job_id, "name": r.name, "state": r.state, "error": r.error}
+                for r in self.jobs.values()
+            ]
+        )
+
+    async def _h_submit(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            ref = JobRef.from_dict(body["ref"])
+            params = {str(k): str(v) for k, v in (body.get("params") or {}).items()}
+            config = JobConfig.from_dict(body.get("config") or {})
+            run = self.submit(ref, params, config)
+        except (JobLoadError, ParameterError, JobDefinitionError) as exc:
+            return web.json_response({"error": str(exc), "kind": type(exc).__name__}, status=400)
+        except (KeyError, TypeError, ValueError) as exc:
+            return web.json_response({"error": f"malformed submission: {exc}"}, status=400)
+        return web.json_response({"job": run.job_id})
+
+    async def _h_job(self, request: web.Request) -> web.Response:
+        run = self.jobs.get(request.match_info["id"])
+        if run is None:
+            return web.json_response({"error": f"no job {request.match_info['id']!r}"}, status=404)
+        return web.json_response(run.status())
+
+    async def _h_cancel(self, request: web.Request) -> web.Response:
+        try:
+            run = await self.cancel(request.match_info["id"])
+        except CoordinatorError as exc:
+            return web.json_response({"error": str(exc)}, status=404)
+        return web.json_response(run.status())

@@ -1,0 +1,441 @@
+"""The operator actor: one task instance, a single-threaded asyncio loop over batches.
+
+A task instance owns its operators (a chain of steps), its input gate (one :class:`InputChannel` per
+upstream instance) and its output routers (per downstream edge: a partitioner, a buffer and an
+:class:`OutputChannel` per receiver). Its loop is the one place where the nondeterminism of DESIGN.md §4
+happens, and each such point is marked below:
+
+* ``RECV``: which input channel the next batch is taken from (:meth:`InputGate.next`);
+* ``FLUSH``: a partially filled output buffer sent because the flush timer fired, not because it filled;
+* ``SOURCE``: where a source reader cut the batch it returned.
+
+Everything else is a deterministic function of those, so output batch boundaries and sequence numbers
+follow from them: the property the lineage stash builds on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import operators
+from engine.channel import Address, DataServer, InputChannel, OutputChannel, connect
+from engine.codec import Batch
+from engine.config import JobConfig
+from engine.connector import SourceReader
+from engine.dsl import Step
+from engine.errors import SerializationError, UserFunctionError, short_repr
+from engine.partition import HashPartitioner, RoundRobinPartitioner
+from engine.plan import ChannelId, Plan, Task, TaskOutput
+from operators.base import OperatorContext, describe_raiser, locate_failure
+
+__all__ = ["InputGate", "InstanceStatistics", "OutputRouter", "StepMetrics", "TaskInstance"]
+
+log = logging.getLogger("stashflow.instance")
+
+
+@dataclass
+class StepMetrics:
+    """Counters of one step instance (``step/i``), chained steps included."""
+
+    records_in: int = 0
+    records_out: int = 0
+
+
+class InputGate:
+    """Merges the input channels of an instance, in arrival order.
+
+    Channels report arrivals through ``on_ready``; the gate keeps their order, because the order in
+    which an instance takes batches from different channels is exactly the ``RECV`` determinant.
+    """
+
+    def __init__(self, channels: Sequence[InputChannel]):
+        self.channels = list(channels)
+        self._arrivals: deque[int] = deque()
+        self._wakeup = asyncio.Event()
+        self._open = set(range(len(self.channels)))
+
+    def notify(self, index: int) -> None:
+        """Called by channel ``index`` when a batch, its end or its breakage arrives."""
+        self._arrivals.append(index)
+        self._wakeup.set()
+
+    @property
+    def finished(self) -> bool:
+        return not self._open
+
+    async def next(self, timeout: float | None) -> tuple[int, Batch] | None:
+        """The next batch and its channel index; ``None`` on timeout or once every input ended.
+
+        Raises :class:`ChannelBroken` if an upstream connection broke before its end of stream.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._open:
+            while self._arrivals:
+                index = self._arrivals.popleft()
+                channel = self.channels[index]
+                batch = channel.take()
+                if batch is not None:
+                    return index, batch  # RECV(index): the merge order across inputs
+                if channel.broken is not None:
+                    raise channel.broken
+                if channel.finished:
+                    self._open.discard(index)
+            if not self._open:
+                break
+            self._wakeup.clear()
+            if any(self.channels[i].pending for i in self._open):  # an arrival we were not told of
+                self._arrivals.extend(i for i in sorted(self._open) if self.channels[i].pending)
+                continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return None
+        return None
+
+
+class OutputRouter:
+    """One output edge of a task instance: partitions records into per-channel buffers and sends them."""
+
+    def __init__(
+        self,
+        output: TaskOutput,
+        channels: list[OutputChannel],
+        batch_size: int,
+        owner: OperatorContext,
+        keyed_step: Step,
+    ):
+        self.output = output
+        self.keyed_step = keyed_step
+        self.channels = channels
+        self.batch_size = batch_size
+        self.owner = owner  # the last step of the chain: the one whose records these are
+        self.buffers: list[list[Any]] = [[] for _ in channels]
+        self.next_seq = [1] * len(channels)
+        n = len(channels)
+        self.partitioner: HashPartitioner | RoundRobinPartitioner | None
+        if n == 1:
+            self.partitioner = None
+        elif output.partitioning == "hash":
+            assert output.key_fn is not None
+            self.partitioner = HashPartitioner(output.key_fn, n)
+        else:
+            self.partitioner = RoundRobinPartitioner(n)
+
+    def add(self, records: Sequence[Any]) -> bool:
+        """Buffer ``records``; True if some buffer is now full."""
+        if self.partitioner is None:
+            buf = self.buffers[0]
+            buf.extend(records)
+            return len(buf) >= self.batch_size
+        try:
+            parts = self.partitioner.split(records)
+        except SerializationError:
+            raise
+        except Exception as exc:  # the key function is the downstream step's, run here to route
+            assert self.output.key_fn is not None
+            # the key function belongs to the keyed step downstream: name that step, and where it ran
+            keyed = OperatorContext(self.keyed_step, f"{self.owner.instance}, routing", self.owner.index, 0)
+            raise locate_failure(keyed, self.output.key_fn, records, exc) from None
+        full = False
+        for buf, part in zip(self.buffers, parts, strict=True):
+            if part:
+                buf.extend(part)
+                full = full or len(buf) >= self.batch_size
+        return full
+
+    async def send_full(self) -> None:
+        size = self.batch_size
+        for j, buf in enumerate(self.buffers):
+            while len(buf) >= size:
+                chunk = buf[:size]
+                del buf[:size]
+                await self._send(j, chunk)
+
+    async def flush(self) -> None:
+        """Send every partially filled buffer (after :meth:`send_full`)."""
+        await self.send_full()
+        for j, buf in enumerate(self.buffers):
+            if buf:
+                self.buffers[j] = []
+                await self._send(j, buf)
+
+    async def _send(self, j: int, records: list[Any]) -> None:
+        seq = self.next_seq[j]
+        self.next_seq[j] = seq + 1
+        try:
+            await self.channels[j].send(Batch(seq, records))
+        except SerializationError as exc:
+            raise SerializationError(
+                f"step {self.owner.step.name!r} (instance {self.owner.instance}) emitted a record for step "
+                f"{self.output.downstream!r} that cannot cross a channel: {exc}"
+            ) from exc
+
+    @property
+    def buffered(self) -> int:
+        return sum(map(len, self.buffers))
+
+
+@dataclass
+class InstanceStatistics:
+    """A snapshot of one task instance, as the coordinator serves it."""
+
+    instance: str
+    state: str
+    steps: dict[str, dict[str, int]]
+    batches_in: int
+    batches_out: int
+    bytes_out: int
+    backpressure_s: float
+    started_at: float | None
+    finished_at: float | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+class TaskInstance:
+    """Runs instance ``index`` of ``task``: ``prepare`` -> (report address) -> ``connect`` -> ``run``."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        plan: Plan,
+        task: Task,
+        index: int,
+        config: JobConfig,
+        secret: bytes,
+        server: DataServer,
+    ):
+        self.job_id = job_id
+        self.plan = plan
+        self.task = task
+        self.index = index
+        self.config = config
+        self.secret = secret
+        self.server = server
+        self.name = task.instance(index)
+        self.state = "created"
+        self.contexts = [OperatorContext(s, f"{s.name}/{index}", index, task.parallelism) for s in task.steps]
+        self.ops = [operators.create(c) for c in self.contexts]
+        self.metrics = [StepMetrics() for _ in self.ops]
+        self.inputs: list[InputChannel] = []
+        self.gate: InputGate | None = None
+        self.routers: list[OutputRouter] = []
+        self.batches_in = 0
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self._flush_deadline: float | None = None
+        self._flush_s = config.flush_ms / 1000.0
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Create and register the input channels, so that upstream instances can connect."""
+        for cid in self.plan.inputs_of(self.task.name, self.index):
+            ch = InputChannel(cid, window=self.config.window, on_ready=self._notifier(cid.index))
+            self.inputs.append(ch)
+        self.gate = InputGate(self.inputs)
+        for ch in self.inputs:
+            self.server.register(self.job_id, ch)
+        self.state = "deployed"
+
+    def _notifier(self, index: int) -> Any:
+        def notify() -> None:
+            assert self.gate is not None
+            self.gate.notify(index)
+
+        return notify
+
+    async def connect(self, addresses: dict[str, Address]) -> None:
+        """Open the output channels to every downstream instance (``addresses``: instance -> address)."""
+        outputs = self.plan.outputs_of(self.task.name, self.index)
+        for out, cids in zip(self.task.outputs, outputs, strict=True):
+            channels = await asyncio.gather(*(self._connect_one(addresses, cid) for cid in cids))
+            downstream = self.plan.task(out.downstream).steps[0]
+            router = OutputRouter(out, list(channels), self.config.batch_size, self.contexts[-1], downstream)
+            self.routers.append(router)
+
+    async def _connect_one(self, addresses: dict[str, Address], cid: ChannelId) -> OutputChannel:
+        return await connect(
+            addresses[cid.dst], self.job_id, cid, self.secret, max_frame_bytes=self.config.max_frame_bytes
+        )
+
+    async def run(self) -> None:
+        """Process until every input ended (or the source is exhausted), then end the outputs."""
+        self.state = "running"
+        self.started_at = time.time()
+        try:
+            if self.task.is_source:
+                await self._run_source()
+            else:
+                await self._run_inputs()
+            await self._emit(self._finish_chain())
+            for router in self.routers:
+                await router.flush()
+            for router in self.routers:
+                for ch in router.channels:
+                    await ch.send_eos()
+            self.state = "finished"
+        except BaseException:
+            self.state = "failed"
+            raise
+        finally:
+            self.finished_at = time.time()
+
+    async def aclose(self) -> None:
+        """Close channels and operators; safe to call more than once."""
+        for router in self.routers:
+            for ch in router.channels:
+                await ch.aclose()
+        for inp in self.inputs:
+            self.server.unregister(self.job_id, inp.channel_id)
+            await inp.aclose()
+        self.inputs = []
+        self.routers = []
+        for op in self.ops:
+            op.close()
+        self.ops = []
+
+    # -- the loop ------------------------------------------------------------------------------------
+
+    async def _run_inputs(self) -> None:
+        gate = self.gate
+        assert gate is not None
+        while True:
+            timeout = None
+            if self._flush_deadline is not None:
+                timeout = max(0.0, self._flush_deadline - time.monotonic())
+            item = await gate.next(timeout)
+            if item is None:
+                if gate.finished:
+                    return
+                await self._timer_flush()
+                continue
+            _index, batch = item
+            self.batches_in += 1
+            await self._emit(self._run_chain(batch.records))
+            await self._maybe_timer_flush()
+
+    async def _run_source(self) -> None:
+        step = self.task.steps[0]
+        assert step.source is not None
+        reader = step.source.open(self.index, self.task.parallelism)
+        size = self.config.batch_size
+        pending: asyncio.Task[Sequence[Any] | None] | None = None
+        try:
+            while True:
+                if self._flush_deadline is None and pending is None:
+                    records = await self._read(reader, size)
+                else:
+                    # output is buffered: wait for the reader only until the flush timer fires
+                    if pending is None:
+                        pending = asyncio.ensure_future(self._read(reader, size))
+                    timeout = max(0.0, (self._flush_deadline or time.monotonic()) - time.monotonic())
+                    done, _ = await asyncio.wait({pending}, timeout=timeout)
+                    if not done:
+                        await self._timer_flush()
+                        continue
+                    records, pending = pending.result(), None
+                if records is None:
+                    return
+                if records:
+                    # SOURCE(offsets): the reader cut this batch; its offsets make it replayable
+                    self.batches_in += 1
+                    await self._emit(self._run_chain(records))
+                await self._maybe_timer_flush()
+        finally:
+            if pending is not None:
+                pending.cancel()
+            await reader.aclose()
+
+    async def _read(self, reader: SourceReader, size: int) -> Sequence[Any] | None:
+        try:
+            return await reader.read(size)
+        except (OSError, UnicodeDecodeError, SerializationError):
+            raise
+        except Exception as exc:
+            ctx = self.contexts[0]
+            where = f"while reading the batch after offset {short_repr(reader.offset())}"
+            function = describe_raiser(exc, reader.read)
+            raise UserFunctionError(ctx.step.name, ctx.instance, function, None, exc, where=where) from exc
+
+    def _run_chain(self, records: Sequence[Any]) -> Sequence[Any]:
+        metrics, ops = self.metrics, self.ops
+        for i in range(len(ops)):
+            m = metrics[i]
+            m.records_in += len(records)
+            records = ops[i].process(records)
+            m.records_out += len(records)
+            if not records:
+                return records
+        return records
+
+    def _finish_chain(self) -> Sequence[Any]:
+        """End of input: each operator finishes in chain order, its final output flowing downstream."""
+        carry: list[Any] = []
+        for i, op in enumerate(self.ops):
+            m = self.metrics[i]
+            if carry:
+                m.records_in += len(carry)
+                carry = list(op.process(carry))
+                m.records_out += len(carry)
+            final = op.finish()
+            m.records_out += len(final)
+            carry.extend(final)
+        return carry
+
+    async def _emit(self, records: Sequence[Any]) -> None:
+        if not records or not self.routers:
+            return
+        for router in self.routers:
+            if router.add(records):
+                await router.send_full()
+        if self._flush_deadline is None and any(r.buffered for r in self.routers):
+            self._flush_deadline = time.monotonic() + self._flush_s
+
+    async def _maybe_timer_flush(self) -> None:
+        if self._flush_deadline is not None and time.monotonic() >= self._flush_deadline:
+            await self._timer_flush()
+
+    async def _timer_flush(self) -> None:
+        # FLUSH: the timer fired, so partially filled buffers leave now; when is nondeterministic
+        self._flush_deadline = None
+        for router in self.routers:
+            await router.flush()
+
+    # -- observability -------------------------------------------------------------------------------
+
+    def statistics(self) -> InstanceStatistics:
+        batches_out = bytes_out = 0
+        backpressure = 0.0
+        for router in self.routers:
+            for ch in router.channels:
+                st = ch.statistics()
+                batches_out += st.batches_sent
+                bytes_out += st.bytes_sent
+                backpressure += st.backpressure_s
+        return InstanceStatistics(
+            instance=self.name,
+            state=self.state,
+            steps={
+                c.instance: {"records_in": m.records_in, "records_out": m.records_out}
+                for c, m in zip(self.contexts, self.metrics, strict=True)
+            },
+            batches_in=self.batches_in,
+            batches_out=batches_out,
+            bytes_out=bytes_out,
+            backpressure_s=backpressure,
+            started_at=self.started_at,
+            finished_at=self.finished_at,
+        )

@@ -1,0 +1,115 @@
+"""Keyed, stateful operators: running ``count`` / ``reduce`` and their ``_final`` forms.
+
+Each instance owns the keys that hash to it (the sender partitions with a stable hash, see
+:mod:`engine.partition`), so the state of a key lives in exactly one instance.
+
+>>> from engine import Job
+>>> from engine.testing import run
+>>> from connectors import CollectSink, ListSource
+>>> job = Job("counts")
+>>> running, final = CollectSink(), CollectSink()
+>>> words = job.source("words", ListSource(["a", "b", "a"]))
+>>> words.key_by(lambda w: w).count("count").sink("running", running)
+>>> words.key_by(lambda w: w).reduce_final("concat", lambda acc, w: acc + w).sink("final", final)
+>>> _ = run(job)
+>>> running.records
+[('a', 1), ('b', 1), ('a', 2)]
+>>> sorted(final.records)
+[('a', 'aa'), ('b', 'b')]
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from operators.base import Operator, OperatorContext, locate_failure
+
+__all__ = ["Count", "CountFinal", "Reduce", "ReduceFinal"]
+
+
+class _Keyed(Operator):
+    def __init__(self, ctx: OperatorContext):
+        super().__init__(ctx)
+        assert ctx.step.key_fn is not None
+        self.key_fn: Callable[[Any], Any] = ctx.step.key_fn
+        self.state: dict[Any, Any] = {}
+
+    def _keys(self, records: Sequence[Any]) -> list[Any]:
+        key_fn = self.key_fn
+        try:
+            return [key_fn(x) for x in records]
+        except Exception as exc:
+            raise locate_failure(self.ctx, key_fn, records, exc) from None
+
+
+class Count(_Keyed):
+    """Emit ``(key, running_count)`` per record."""
+
+    def process(self, records: Sequence[Any]) -> Sequence[Any]:
+        state = self.state
+        get = state.get
+        out: list[Any] = []
+        append = out.append
+        for k in self._keys(records):
+            c = get(k, 0) + 1
+            state[k] = c
+            append((k, c))
+        return out
+
+
+class CountFinal(_Keyed):
+    """Emit ``(key, count)`` per key at the end of the input."""
+
+    def __init__(self, ctx: OperatorContext):
+        super().__init__(ctx)
+        self.state: Counter[Any] = Counter()
+
+    def process(self, records: Sequence[Any]) -> Sequence[Any]:
+        try:
+            self.state.update(map(self.key_fn, records))  # counts in C
+        except Exception as exc:
+            raise locate_failure(self.ctx, self.key_fn, records, exc) from None
+        return ()
+
+    def finish(self) -> Sequence[Any]:
+        return list(self.state.items())
+
+
+class Reduce(_Keyed):
+    """Emit ``(key, running_value)`` per record, ``value = fn(value, record)``."""
+
+    def __init__(self, ctx: OperatorContext):
+        super().__init__(ctx)
+        assert ctx.step.fn is not None
+        self.fn: Callable[[Any, Any], Any] = ctx.step.fn
+
+    def _fold(self, records: Sequence[Any], emit: bool) -> list[Any]:
+        state, fn = self.state, self.fn
+        out: list[Any] = []
+        for k, x in zip(self._keys(records), records, strict=True):
+            if k in state:
+                try:
+                    v = fn(state[k], x)
+                except Exception as exc:
+                    raise self.error(fn, x, exc) from None
+            else:
+                v = x
+            state[k] = v
+            if emit:
+                out.append((k, v))
+        return out
+
+    def process(self, records: Sequence[Any]) -> Sequence[Any]:
+        return self._fold(records, emit=True)
+
+
+class ReduceFinal(Reduce):
+    """Emit ``(key, value)`` per key at the end of the input."""
+
+    def process(self, records: Sequence[Any]) -> Sequence[Any]:
+        return self._fold(records, emit=False)
+
+    def finish(self) -> Sequence[Any]:
+        return list(self.state.items())
