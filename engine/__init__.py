@@ -6,6 +6,7 @@
 """
 
 from engine.connector import Sink, SinkWriter, Source, SourceReader
+from engine.context import ctx
 from engine.dsl import Job, KeyedStream, Stream
 from engine.errors import (
     JobDefinitionError,
@@ -30,4 +31,5 @@ __all__ = [
     "StashflowError",
     "Stream",
     "UserFunctionError",
+    "ctx",
 ]

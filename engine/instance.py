@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import operators
-from engine.channel import Address, DataServer, InputChannel, OutputChannel, connect
+from engine.channel import Address, InputChannel, OutputChannel, connect
 from engine.codec import Batch
 from engine.config import JobConfig
 from engine.connector import SourceReader
+from engine.data_server import DataServer
 from engine.dsl import Step
 from engine.errors import SerializationError, UserFunctionError, short_repr
 from engine.partition import HashPartitioner, RoundRobinPartitioner

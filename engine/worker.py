@@ -1,7 +1,7 @@
 """The worker: a process that hosts task instances for the coordinator.
 
 A worker keeps one websocket to the coordinator (the control plane: msgpack messages, below) and one
-:class:`~engine.channel.DataServer` for the data channels of the instances it hosts. It registers,
+:class:`~engine.data_server.DataServer` for the data channels of the instances it hosts. It registers,
 then follows the coordinator's orders:
 
 ================  =====================================================================================
@@ -31,9 +31,10 @@ from typing import Any
 
 import aiohttp
 
-from engine.channel import Address, DataServer
+from engine.channel import Address
 from engine.codec import pack, unpack
 from engine.config import JobConfig
+from engine.data_server import DataServer
 from engine.errors import StashflowError
 from engine.instance import TaskInstance
 from engine.loader import JobRef, load_job
@@ -249,15 +250,9 @@ class Worker:
             await inst.aclose()
             self._maybe_exit(hosted)
             return
+        stats = inst.statistics().to_dict()  # before aclose(), which releases the channels it counts
         await inst.aclose()
-        await self._send(
-            {
-                "type": "finished",
-                "job": hosted.job_id,
-                "instance": inst.name,
-                "stats": inst.statistics().to_dict(),
-            }
-        )
+        await self._send({"type": "finished", "job": hosted.job_id, "instance": inst.name, "stats": stats})
         self._maybe_exit(hosted)
 
     def _maybe_exit(self, hosted: HostedJob) -> None:

@@ -21,8 +21,9 @@ from typing import Any
 import msgpack
 import pytest
 
-from engine.channel import Address, ChannelId, DataServer, InputChannel, OutputChannel, connect
+from engine.channel import Address, ChannelId, InputChannel, OutputChannel, connect
 from engine.codec import PROTOCOL_VERSION, Batch, FrameKind, encode_batch, encode_frame, read_frame
+from engine.data_server import DataServer
 from engine.errors import AuthenticationError, ChannelBroken, ChannelClosed, ProtocolError
 
 JOB = "wc-1"
