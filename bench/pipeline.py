@@ -230,7 +230,7 @@ async def role_sink(args: argparse.Namespace) -> None:
             now = time.monotonic_ns()
             if not t_first:
                 t_first = now
-            if args.map:
+            if args.with_map:
                 batch = map_batch(batch, args)
             if args.rate:
                 # x is the mapped value: record i carries i + 1 from here on.
@@ -287,7 +287,7 @@ def role_main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--warmup", type=float, default=1, help="seconds of records left out of the latencies"
     )
-    parser.add_argument("--map", action="store_true", help="the sink also does the map step")
+    parser.add_argument("--with-map", action="store_true", help="the sink also does the map step")
     parser.add_argument("--call", action="store_true", help="map by calling a function per record")
     args = parser.parse_args(argv)
     asyncio.run(ROLES[args.role](args))
@@ -322,7 +322,7 @@ async def run_asyncio(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     if latency:
         common += ["--rate", str(args.rate), "--flush-ms", str(args.flush_ms), "--warmup", str(args.warmup)]
     me = [sys.executable, str(Path(__file__).resolve()), "role"]
-    commands = [[*me, "sink", *common, *(["--map"] if args.hops == 1 else [])]]
+    commands = [[*me, "sink", *common, *(["--with-map"] if args.hops == 1 else [])]]
     procs = []
     started = time.perf_counter()
     try:

@@ -71,8 +71,10 @@ class CollectSink(Sink):
     """Keeps every record that reaches the sink in memory, for assertions in in-process tests.
 
     :attr:`records` is the whole output, instance 0's records first, then instance 1's, and so on;
-    :attr:`partitions` maps each instance index to its records. Re-opening an index (a recovered
-    instance) starts that partition afresh, as a real sink's writer would rewrite its output.
+    :attr:`partitions` maps each instance index to its records. Re-opening an index starts that
+    partition afresh, unless the writer is restored from a checkpoint (a recovered instance under the
+    lineage stash): then it keeps what its predecessor collected and skips the regenerated records it
+    already holds, exactly-once like :class:`~connectors.FileSink`.
 
     The records live in the process that built the sink, so opening a writer in another process (a
     forked worker, or a copy of the sink sent there) raises :class:`~engine.errors.ParameterError`:
@@ -99,9 +101,7 @@ class CollectSink(Sink):
                 "CollectSink collects in memory and works only when the job runs in-process "
                 "(engine.testing.run); use FileSink for multi-process runs"
             )
-        partition: list[Any] = []
-        self._partitions[index] = partition
-        return _CollectWriter(partition)
+        return _CollectWriter(self._partitions, index)
 
     @property
     def records(self) -> list[Any]:
@@ -115,8 +115,25 @@ class CollectSink(Sink):
 
 
 class _CollectWriter(SinkWriter):
-    def __init__(self, partition: list[Any]):
-        self._partition = partition
+    def __init__(self, partitions: dict[int, list[Any]], index: int):
+        self._predecessor = partitions.get(index, [])
+        self._partition: list[Any] = []
+        partitions[index] = self._partition
+        self._skip = 0  # regenerated records already collected (after a restore)
+
+    def snapshot(self) -> Any:
+        return {"count": len(self._partition), "skip": self._skip}
+
+    def restore(self, state: Any) -> None:
+        # the predecessor's records are in this process's memory and were all released under the
+        # output-commit rule: keep them, and skip the regenerated records they already include
+        kept = self._predecessor
+        self._partition[:] = kept
+        self._skip = int(state.get("skip", 0)) + max(0, len(kept) - int(state["count"]))
 
     def write_batch(self, records: Sequence[Any]) -> None:
+        if self._skip:
+            n = min(self._skip, len(records))
+            self._skip -= n
+            records = records[n:]
         self._partition.extend(records)

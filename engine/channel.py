@@ -472,6 +472,14 @@ class OutputChannel:
             self._batches, self._records, self._bytes, self._backpressure_s, self._credits
         )
 
+    def abort(self) -> None:
+        """Drop the connection at once, unsent data and all, as if this process had died.
+
+        Failure injection uses it (``engine.testing``): the receiver sees its sender lost before the
+        end of stream. :meth:`aclose` must still be awaited afterwards to release the reader task.
+        """
+        self._transport.abort()
+
     async def aclose(self) -> None:
         """Flush what was written and close the connection. Idempotent.
 

@@ -1,7 +1,7 @@
 """The ``stashflow`` command line.
 
-Exit codes: 0 the job finished; 1 the job failed (a user function raised, an instance died); 2 bad
-input (job file, parameter, setting, usage), with one line on stderr naming the problem.
+Exit codes: 0 the job finished; 1 the job failed (a user function raised, an instance could not be
+recovered); 2 bad input (job file, parameter, setting, usage), with one line on stderr naming the problem.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The settings of a job run: every option is a :class:`~engine.config.JobConfig` field."""
     options = [
         click.option(
             "-P", "--param", "params", multiple=True, metavar="KEY=VALUE", help="job parameter for build()"
@@ -54,7 +55,28 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--flush-ms", type=float, default=5.0, show_default=True, help="latency bound of a batch"
         ),
         click.option(
-            "--ft", type=click.Choice(FT_MODES), default="none", show_default=True, help="fault tolerance"
+            "--ft",
+            type=click.Choice(FT_MODES),
+            default=FT_MODES[0],
+            show_default=True,
+            help="fault tolerance",
+        ),
+        click.option(
+            "--ft-depth",
+            type=int,
+            default=1,
+            show_default=True,
+            help="lineage forwarding depth f; -1: unbounded",
+        ),
+        click.option(
+            "--checkpoint-interval",
+            type=float,
+            default=2.0,
+            show_default=True,
+            help="seconds between checkpoints",
+        ),
+        click.option(
+            "--gcs-delay-ms", type=float, default=0.0, show_default=True, help="artificial GCS write latency"
         ),
     ]
     for option in reversed(options):
@@ -62,8 +84,23 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _config(parallelism: int | None, batch_size: int, flush_ms: float, ft: str) -> JobConfig:
-    return JobConfig(parallelism=parallelism, batch_size=batch_size, flush_ms=flush_ms, ft=ft)
+def _parse_kills(specs: tuple[str, ...], plan: Plan) -> list[tuple[str, float]]:
+    """``STEP/I@SECONDS`` pairs: kill the process hosting that instance that long after the start."""
+    kills = []
+    for spec in specs:
+        instance, sep, when = spec.partition("@")
+        step, slash, index = instance.rpartition("/")
+        try:
+            seconds = float(when)
+        except ValueError:
+            seconds = -1.0
+        if not sep or not slash or not step or not index.isdigit() or seconds < 0:
+            raise ParameterError(f"--kill {spec!r} is not STEP/INDEX@SECONDS; write e.g. --kill count/1@2.5")
+        task = plan.task_of_step(step)
+        if int(index) >= task.parallelism:
+            raise ParameterError(f"--kill {spec}: step {step!r} has instances 0..{task.parallelism - 1}")
+        kills.append((instance, seconds))
+    return kills
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,36 +117,42 @@ def cli(log_level: str) -> None:
     "--metrics-out", type=click.Path(dir_okay=False), default=None, help="write run metrics as JSON"
 )
 @click.option("--timeout", type=float, default=None, help="fail the run after this many seconds")
+@click.option(
+    "--kill", "kills", multiple=True, metavar="STEP/I@SECONDS", help="SIGKILL that instance's process then"
+)
 def run(
     job: str,
     params: tuple[str, ...],
-    parallelism: int | None,
-    batch_size: int,
-    flush_ms: float,
-    ft: str,
     metrics_out: str | None,
     timeout: float | None,
+    kills: tuple[str, ...],
+    **settings: Any,
 ) -> None:
     """Run JOB (a .py file or module:attr) on a local cluster: one process per instance."""
     try:
         ref = JobRef.parse(job)
         param_dict = parse_params(params)
-        config = _config(parallelism, batch_size, flush_ms, ft)
+        config = JobConfig(**settings)
         plan = Plan.of(load_job(ref, param_dict), config.parallelism)
+        kill_plan = _parse_kills(kills, plan)
+        if kill_plan and config.ft == "none":
+            raise ParameterError("--kill with --ft none can only fail the job; run with --ft lineage")
     except BAD_INPUT as exc:
         _die(str(exc), 2)
     click.echo(
         f"stashflow: running job {plan.job.name!r}: {len(plan.tasks)} tasks, {len(plan.instances())} "
-        f"instances (--ft {ft})",
+        f"instances (--ft {config.ft})",
         err=True,
     )
     try:
-        result = asyncio.run(_run_local(ref, param_dict, config, timeout))
+        result = asyncio.run(_run_local(ref, param_dict, config, timeout, kill_plan))
     except StashflowError as exc:
         _die(str(exc), 2 if isinstance(exc, BAD_INPUT) else 1)
     status = result.status()
     if metrics_out:
         _write_metrics(metrics_out, status)
+    for line in _recovery_lines(status):
+        click.echo(f"stashflow: {line}", err=True)
     if result.state != "finished":
         _die(f"job {result.job_id} {result.state}: {result.error}", 1)
     click.echo(
@@ -119,36 +162,80 @@ def run(
     )
 
 
-async def _run_local(ref: JobRef, params: dict[str, str], config: JobConfig, timeout: float | None) -> JobRun:
+def _recovery_lines(status: dict[str, Any]) -> list[str]:
+    """One line per recovery, per task instance (chained steps share their task's recoveries)."""
+    lines, seen = [], set()
+    for metrics in status["instances"].values():
+        task = metrics["task"]
+        if task in seen:
+            continue
+        seen.add(task)
+        for rec in metrics.get("recoveries", ()):
+            detected = f"detected in {rec['detected_s']} s, " if rec["detected_s"] is not None else ""
+            live = (
+                f"live again {rec['live_s']} s after the failure"
+                if rec["live_s"] is not None
+                else "not live again"
+            )
+            lines.append(
+                f"instance {task} recovered alone (restart {rec['incarnation']}, {rec['reason']}): {detected}{live}, "
+                f"{rec['replayed_batches']} batches replayed from checkpoint {rec['checkpoint_id']}"
+            )
+    return lines
+
+
+async def _run_local(
+    ref: JobRef,
+    params: dict[str, str],
+    config: JobConfig,
+    timeout: float | None,
+    kills: list[tuple[str, float]],
+) -> JobRun:
     level = logging.getLevelName(logging.getLogger().level)
-    async with Coordinator(port=0, launcher=LocalLauncher(log_level=str(level))) as coord:
+    launcher = LocalLauncher(log_level=str(level))
+    async with Coordinator(port=0, launcher=launcher, gcs_delay_ms=config.gcs_delay_ms) as coord:
         run = coord.submit(ref, params, config)
+
+        async def kill_later(instance: str, seconds: float) -> None:
+            while run.started_at is None and not run.done.is_set():
+                await asyncio.sleep(0.01)
+            if run.started_at is None:
+                return
+            await asyncio.sleep(max(0.0, run.started_at + seconds - time.time()))
+            try:
+                message = await coord.kill(run.job_id, instance)
+                click.echo(f"stashflow: --kill {instance}@{seconds:g}: {message}", err=True)
+            except CoordinatorError as exc:
+                click.echo(f"stashflow: --kill {instance}@{seconds:g} skipped: {exc}", err=True)
+
+        killers = [asyncio.create_task(kill_later(i, s)) for i, s in kills]
         try:
             await coord.wait(run.job_id, timeout)
         except TimeoutError:
             await coord.cancel(run.job_id)
             run.error = f"timed out after {timeout} s (--timeout)"
             run.state = "failed"
+        finally:
+            for k in killers:
+                k.cancel()
         return run
 
 
 def _write_metrics(path: str, status: dict[str, Any]) -> None:
     keys = (
-        "job",
-        "name",
         "state",
         "ft",
         "elapsed_s",
         "records_per_s",
         "source_records",
         "error",
+        "gcs_commit_lag",
         "instances",
     )
     doc = {k: status[k] for k in keys}
     doc["job"] = status["name"]
     doc["job_id"] = status["job"]
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=2, sort_keys=True)
 
@@ -157,13 +244,16 @@ def _write_metrics(path: str, status: dict[str, Any]) -> None:
 @click.option("--host", default="127.0.0.1", envvar="STASHFLOW_HOST", show_default=True)
 @click.option("--port", default=8081, type=int, envvar="STASHFLOW_PORT", show_default=True)
 @click.option("--data-dir", default=None, envvar="STASHFLOW_DATA_DIR", help="where the GCS keeps its files")
-def coordinator(host: str, port: int, data_dir: str | None) -> None:
-    """Run the coordinator (HTTP API and worker control) until interrupted."""
+@click.option(
+    "--gcs-delay-ms", type=float, default=0.0, envvar="STASHFLOW_GCS_DELAY_MS", help="artificial GCS latency"
+)
+def coordinator(host: str, port: int, data_dir: str | None, gcs_delay_ms: float) -> None:
+    """Run the coordinator (HTTP API, worker control, the GCS) until interrupted."""
     if data_dir:
         os.makedirs(data_dir, exist_ok=True)
 
     async def serve() -> None:
-        async with Coordinator(host=host, port=port) as coord:
+        async with Coordinator(host=host, port=port, data_dir=data_dir, gcs_delay_ms=gcs_delay_ms) as coord:
             click.echo(f"stashflow: coordinator at {coord.url}", err=True)
             await asyncio.Event().wait()
 
@@ -185,38 +275,22 @@ def coordinator(host: str, port: int, data_dir: str | None) -> None:
 )
 @click.option("--data-port", default=0, type=int, envvar="STASHFLOW_DATA_PORT", show_default=True)
 @click.option("--slots", default=4, type=int, envvar="STASHFLOW_SLOTS", show_default=True)
+@click.option(
+    "--data-dir", default=None, envvar="STASHFLOW_DATA_DIR", help="checkpoints: shared by all workers"
+)
 @click.option("--pin", default=None, hidden=True, help="JOB:INSTANCE to host (local mode)")
 @click.option(
     "--connect-timeout", default=30.0, type=float, envvar="STASHFLOW_CONNECT_TIMEOUT", show_default=True
 )
 @click.option("--exit-when-done", is_flag=True, hidden=True)
-def worker(
-    url: str,
-    host: str,
-    advertise: str | None,
-    data_port: int,
-    slots: int,
-    pin: str | None,
-    connect_timeout: float,
-    exit_when_done: bool,
-) -> None:
+def worker(url: str, slots: int, **options: Any) -> None:
     """Run a worker that hosts instances for the coordinator at URL."""
     from engine.worker import Worker
 
     if slots < 1:
         _die(f"--slots must be at least 1, got {slots}", 2)
-    w = Worker(
-        url,
-        host=host,
-        advertise=advertise,
-        data_port=data_port,
-        slots=slots,
-        pin=pin,
-        exit_when_done=exit_when_done,
-        connect_timeout=connect_timeout,
-    )
     try:
-        asyncio.run(w.run())
+        asyncio.run(Worker(url, slots=slots, **options).run())
     except KeyboardInterrupt:
         pass
     except StashflowError as exc:
@@ -248,28 +322,17 @@ _coordinator_option = click.option(
 @_job_options
 @_coordinator_option
 @click.option("--wait/--detach", default=True, show_default=True, help="wait for the job to end")
-def submit(
-    job: str,
-    params: tuple[str, ...],
-    parallelism: int | None,
-    batch_size: int,
-    flush_ms: float,
-    ft: str,
-    url: str,
-    wait: bool,
-) -> None:
+def submit(job: str, params: tuple[str, ...], url: str, wait: bool, **settings: Any) -> None:
     """Submit JOB to a running coordinator (the job file's text is sent along)."""
     try:
         ref = JobRef.parse(job)
         body = {
             "ref": ref.to_dict(),
             "params": parse_params(params),
-            "config": _config(parallelism, batch_size, flush_ms, ft).to_dict(),
+            "config": JobConfig(**settings).to_dict(),
         }
         job_id = _api(url, "POST", "/jobs", body)["job"]
-    except BAD_INPUT as exc:
-        _die(str(exc), 2)
-    except CoordinatorError as exc:
+    except (*BAD_INPUT, CoordinatorError) as exc:
         _die(str(exc), 2)
     click.echo(job_id)
     if not wait:
@@ -279,6 +342,8 @@ def submit(
         if status["state"] in ("finished", "failed", "canceled"):
             break
         time.sleep(0.2)
+    for line in _recovery_lines(status):
+        click.echo(f"stashflow: {line}", err=True)
     if status["state"] != "finished":
         _die(f"job {job_id} {status['state']}: {status['error']}", 1)
     click.echo(f"stashflow: job {job_id} finished in {status['elapsed_s']:.2f} s", err=True)
@@ -306,6 +371,19 @@ def cancel(job_id: str, url: str) -> None:
     except CoordinatorError as exc:
         _die(str(exc), 2)
     click.echo(f"{job_id}: {data['state']}")
+
+
+@cli.command()
+@click.argument("instance")
+@click.option("--job", "job_id", required=True, help="the job id (`stashflow status` lists them)")
+@_coordinator_option
+def kill(instance: str, job_id: str, url: str) -> None:
+    """Kill the process hosting step instance INSTANCE (e.g. count/1) of a running job."""
+    try:
+        data = _api(url, "POST", f"/jobs/{job_id}/kill", {"instance": instance})
+    except CoordinatorError as exc:
+        _die(str(exc), 2)
+    click.echo(data["message"])
 
 
 def main() -> None:

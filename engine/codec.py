@@ -50,6 +50,7 @@ from engine.errors import ProtocolError, SerializationError, short_repr
 
 __all__ = [
     "COMPRESS_MIN_BYTES",
+    "FRAME_HEADER_BYTES",
     "MAX_FRAME_BYTES",
     "PROTOCOL_VERSION",
     "Batch",
@@ -88,6 +89,8 @@ class FrameKind(enum.IntEnum):
 _KINDS: dict[int, FrameKind] = {k.value: k for k in FrameKind}
 
 _PREFIX = struct.Struct(">IB")  # length of the rest, kind
+#: bytes before a frame's body: the length prefix and the kind
+FRAME_HEADER_BYTES = _PREFIX.size
 _U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
 _U32 = struct.Struct(">I")

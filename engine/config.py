@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from engine.errors import ParameterError
 
 __all__ = ["FT_MODES", "JobConfig"]
 
-#: Fault-tolerance modes (DESIGN.md §8) this build implements.
-FT_MODES = ("none",)
+#: Fault-tolerance modes (DESIGN.md §8) this build implements; the first is the default.
+FT_MODES = ("lineage", "none")
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,18 @@ class JobConfig:
     #: largest frame a channel accepts, in bytes
     max_frame_bytes: int = 64 * 1024 * 1024
     #: fault tolerance (DESIGN.md §8)
-    ft: str = "none"
+    ft: str = "lineage"
+    #: lineage stash forwarding depth f: 1 = direct receivers hold an instance's uncommitted
+    #: determinants, -1 = every downstream instance does (DESIGN.md §5.2)
+    ft_depth: int = 1
+    #: seconds between two independent checkpoints of an instance (DESIGN.md §6)
+    checkpoint_interval: float = 2.0
+    #: milliseconds the log flusher lets determinants gather before shipping them to the GCS
+    log_flush_ms: float = 2.0
+    #: artificial latency added to every GCS write acknowledgment (to show storage is off the path)
+    gcs_delay_ms: float = 0.0
+    #: failure injection for tests: step instance -> records after which its k-th incarnation crashes
+    kill_after: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def positive(name: str, value: float, kind: type = int) -> None:
@@ -42,6 +53,20 @@ class JobConfig:
         positive("max_frame_bytes", self.max_frame_bytes)
         if not isinstance(self.flush_ms, int | float) or self.flush_ms < 0:
             raise ParameterError(f"setting flush_ms must be a number >= 0, got {self.flush_ms!r}")
+        if (
+            not isinstance(self.ft_depth, int)
+            or isinstance(self.ft_depth, bool)
+            or (self.ft_depth < 1 and self.ft_depth != -1)
+        ):
+            raise ParameterError(
+                f"setting ft_depth must be a positive integer or -1 (unbounded), got {self.ft_depth!r}"
+            )
+        for name in ("checkpoint_interval", "log_flush_ms", "gcs_delay_ms"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                raise ParameterError(f"setting {name} must be a number >= 0, got {value!r}")
+        if self.checkpoint_interval == 0:
+            raise ParameterError("setting checkpoint_interval must be > 0 seconds")
         if self.ft not in FT_MODES:
             raise ParameterError(
                 f"setting ft={self.ft!r} is not supported; choose one of {', '.join(FT_MODES)}"

@@ -116,6 +116,23 @@ class SinkWriter(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the writer holds. Called once, after the last :meth:`flush`."""
 
+    def snapshot(self) -> Any:
+        """A msgpack-able position for a checkpoint: how much this writer has written so far.
+
+        A writer that supports exactly-once output under failures returns what :meth:`restore`
+        needs; the default ``None`` means the writer cannot resume (it will write replayed records
+        again).
+        """
+        return None
+
+    def restore(self, state: Any) -> None:  # noqa: B027 - optional hook
+        """Resume a restarted instance's output from a :meth:`snapshot` of a checkpoint.
+
+        The records the instance regenerates after the checkpoint are the same records, in the
+        same order, as before the failure (DESIGN.md §3, §7); an exactly-once writer skips those it
+        already wrote and continues after them (DESIGN.md §7.6).
+        """
+
 
 class Sink(abc.ABC):
     """Describes an external output; :meth:`open` gives each instance its writer."""

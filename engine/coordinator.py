@@ -23,7 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,9 +36,11 @@ from aiohttp import WSMsgType, web
 from engine.codec import pack, unpack
 from engine.config import JobConfig
 from engine.errors import CoordinatorError, JobDefinitionError, JobLoadError, ParameterError
+from engine.gcs import RocksGCS
 from engine.launcher import LocalLauncher
 from engine.loader import JobRef, load_job
 from engine.plan import Plan
+from engine.recovery import LineageCoordinator
 
 __all__ = ["Coordinator", "JobRun"]
 
@@ -86,6 +91,9 @@ class JobRun:
     finished: set[str] = field(default_factory=set)
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # task instance -> statistics
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    kill_times: dict[str, float] = field(default_factory=dict)  # task instance -> when we killed it
+    recovering: set[str] = field(default_factory=set)
+    lineage: LineageCoordinator | None = None
 
     @property
     def elapsed_s(self) -> float:
@@ -100,20 +108,25 @@ class JobRun:
                 tname = task.instance(i)
                 st = self.stats.get(tname, {})
                 steps = st.get("steps", {})
+                ft = self.lineage.metrics(self.job_id, tname) if self.lineage else {"restarts": 0}
+                state = st.get("state", "deploying" if self.state == "deploying" else "unknown")
+                if tname in self.recovering:
+                    state = "recovering"
                 for step in task.steps:
                     sname = f"{step.name}/{i}"
                     counts = steps.get(sname, {})
                     out[sname] = {
                         "task": tname,
-                        "state": st.get("state", "deploying" if self.state == "deploying" else "unknown"),
+                        "state": state,
                         "records_in": counts.get("records_in", 0),
                         "records_out": counts.get("records_out", 0),
-                        "restarts": 0,
                         "batches_in": st.get("batches_in", 0),
                         "batches_out": st.get("batches_out", 0),
                         "bytes_out": st.get("bytes_out", 0),
                         "backpressure_s": round(st.get("backpressure_s", 0.0), 4),
                         "worker": self.placement.get(tname),
+                        **ft,
+                        **st.get("extra", {}),
                     }
         return out
 
@@ -143,6 +156,7 @@ class JobRun:
             "elapsed_s": round(elapsed, 4),
             "records_per_s": round(records / elapsed, 1) if elapsed > 0 else 0.0,
             "source_records": records,
+            "gcs_commit_lag": self.lineage.commit_lag(self.job_id) if self.lineage else None,
             "graph": self.plan.describe(),
             "instances": self.instance_metrics(),
         }
@@ -158,11 +172,19 @@ class Coordinator:
         port: int = 8081,
         launcher: LocalLauncher | None = None,
         deploy_timeout: float = 60.0,
+        data_dir: str | None = None,
+        gcs_delay_ms: float = 0.0,
     ):
         self.host = host
         self.port = port
         self.launcher = launcher
         self.deploy_timeout = deploy_timeout
+        self._own_data_dir = data_dir is None
+        #: the GCS's files (and, in local mode, the workers' checkpoints) live here
+        self.data_dir = os.path.abspath(data_dir) if data_dir else tempfile.mkdtemp(prefix="stashflow-")
+        self.gcs_delay_ms = gcs_delay_ms
+        self.gcs: RocksGCS | None = None
+        self.lineage: LineageCoordinator | None = None
         self.jobs: dict[str, JobRun] = {}
         self.workers: dict[str, WorkerConn] = {}
         self._workers_changed = asyncio.Condition()
@@ -176,6 +198,7 @@ class Coordinator:
                 web.post("/jobs", self._h_submit),
                 web.get("/jobs/{id}", self._h_job),
                 web.post("/jobs/{id}/cancel", self._h_cancel),
+                web.post("/jobs/{id}/kill", self._h_kill),
                 web.get("/ws/worker", self._h_worker),
             ]
         )
@@ -190,6 +213,10 @@ class Coordinator:
         await self.aclose()
 
     async def start(self) -> None:
+        self.gcs = RocksGCS(os.path.join(self.data_dir, "gcs"), delay_ms=self.gcs_delay_ms)
+        if self.launcher is not None and self.launcher.data_dir is None:
+            self.launcher.data_dir = os.path.join(self.data_dir, "workers")
+        self.lineage = LineageCoordinator(self, self.gcs)
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -220,6 +247,10 @@ class Coordinator:
             t.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.gcs is not None:
+            await self.gcs.aclose()
+        if self._own_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
     # -- jobs ----------------------------------------------------------------------------------------
 
@@ -229,9 +260,15 @@ class Coordinator:
         plan = Plan.of(job, config.parallelism)
         job_id = f"{job.name}-{secrets.token_hex(3)}"
         run = JobRun(job_id, job.name, ref, params, config, plan, secrets.token_bytes(32))
+        if config.ft == "lineage":
+            run.lineage = self.lineage
         self.jobs[job_id] = run
         self._spawn(self._deploy(run))
         return run
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background, tied to the coordinator's lifetime."""
+        self._spawn(coro)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -245,31 +282,69 @@ class Coordinator:
 
     async def _deploy(self, run: JobRun) -> None:
         instances = run.plan.instances()
-        try:
-            if self.launcher is not None:
-                await self.launcher.launch(self.url, run.job_id, instances)
-            await asyncio.wait_for(self._place(run, instances), self.deploy_timeout)
-        except TimeoutError:
-            await self._fail(run, None, self._placement_problem(run, instances))
-            return
-        except Exception as exc:
-            await self._fail(run, None, f"deploying job {run.job_id} failed: {exc}")
+        if not await self._place_all(run, instances):
             return
         by_worker: dict[str, list[str]] = {}
         for inst, wid in run.placement.items():
             by_worker.setdefault(wid, []).append(inst)
         for wid, insts in by_worker.items():
-            await self.workers[wid].send(
-                {
-                    "type": "deploy",
-                    "job": run.job_id,
-                    "ref": run.ref.to_dict(),
-                    "params": run.params,
-                    "config": run.config.to_dict(),
-                    "secret": run.secret,
-                    "instances": insts,
-                }
-            )
+            await self.workers[wid].send(self._deploy_message(run, insts))
+
+    def _deploy_message(
+        self, run: JobRun, insts: list[str], recovery: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return {
+            "type": "deploy",
+            "job": run.job_id,
+            "ref": run.ref.to_dict(),
+            "params": run.params,
+            "config": run.config.to_dict(),
+            "secret": run.secret,
+            "instances": insts,
+            "recovery": recovery,
+            "addresses": {k: list(v) for k, v in run.addresses.items()},
+        }
+
+    async def _place_all(self, run: JobRun, instances: list[str]) -> bool:
+        """Place ``instances`` (launching their processes in local mode); fail the job if that fails."""
+        try:
+            watch: asyncio.Future[Any]
+            if self.launcher is not None:
+                await self.launcher.launch(self.url, run.job_id, instances)
+                watch = asyncio.ensure_future(self._watch_launch(run, instances))
+            else:
+                watch = asyncio.ensure_future(asyncio.Event().wait())
+            place = asyncio.ensure_future(self._place(run, instances))
+            try:
+                done, _ = await asyncio.wait(
+                    {place, watch}, timeout=self.deploy_timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for fut in (place, watch):
+                    fut.cancel()
+            if place in done:
+                place.result()
+                return True
+            if watch in done:
+                await self._fail(run, None, watch.result())
+                return False
+            await self._fail(run, None, self._placement_problem(run, instances))
+        except Exception as exc:
+            await self._fail(run, None, f"deploying job {run.job_id} failed: {exc}")
+        return False
+
+    async def _watch_launch(self, run: JobRun, instances: list[str]) -> str:
+        """Returns a message as soon as a launched worker process exits before it registered."""
+        assert self.launcher is not None
+        while True:
+            for inst in instances:
+                code = self.launcher.returncode(run.job_id, inst)
+                if code is not None and inst not in run.placement:
+                    return (
+                        f"the worker process for instance {inst} exited with code {code} before it registered; "
+                        "its error is printed above (run with --log-level INFO for more)"
+                    )
+            await asyncio.sleep(0.05)
 
     def _placement_problem(self, run: JobRun, instances: list[str]) -> str:
         free = sum(w.slots - len(w.instances) for w in self.workers.values() if w.pin is None)
@@ -311,6 +386,20 @@ class Coordinator:
 
     async def _on_deployed(self, run: JobRun, insts: list[str]) -> None:
         run.deployed.update(insts)
+        restarted = [i for i in insts if i in run.recovering]
+        if restarted and run.state == "running":
+            addresses = {k: list(v) for k, v in run.addresses.items()}
+            for inst in restarted:
+                await self.workers[run.placement[inst]].send(
+                    {"type": "start", "job": run.job_id, "addresses": addresses}
+                )
+                run.recovering.discard(inst)
+                # every sender to the new incarnation reconnects and resends what it lacks (§7.3)
+                await self.broadcast(
+                    run,
+                    {"type": "peer_moved", "job": run.job_id, "instance": inst, "address": addresses[inst]},
+                )
+            return
         if run.state == "deploying" and len(run.deployed) == len(run.placement) == len(run.plan.instances()):
             run.state = "running"
             run.started_at = time.time()
@@ -319,13 +408,75 @@ class Coordinator:
                 await self.workers[wid].send({"type": "start", "job": run.job_id, "addresses": addresses})
             log.info("job %s running: %d instances", run.job_id, len(run.placement))
 
+    # -- what the lineage coordinator uses ----------------------------------------------------------
+
+    def workers_of(self, run: JobRun, exclude_instance: str | None = None) -> list[WorkerConn]:
+        """The live workers hosting instances of ``run`` (but not only ``exclude_instance``)."""
+        ids = {wid for inst, wid in run.placement.items() if inst != exclude_instance}
+        return [self.workers[wid] for wid in sorted(ids) if wid in self.workers]
+
+    async def broadcast(self, run: JobRun, message: dict[str, Any]) -> None:
+        for w in self.workers_of(run):
+            await w.send(message)
+
+    async def send_to_instance(self, run: JobRun, inst: str, message: dict[str, Any]) -> None:
+        w = self.workers.get(run.placement.get(inst, ""))
+        if w is not None:
+            await w.send(message)
+
+    async def fail_job(self, run: JobRun, inst: str | None, error: str) -> None:
+        await self._fail(run, inst, error)
+
+    async def _recover(self, run: JobRun, inst: str, reason: str) -> None:
+        """Restart one lost instance alone (DESIGN.md §7); the job fails only if that is impossible."""
+        if run.state in TERMINAL or run.lineage is None or inst in run.recovering:
+            return
+        run.recovering.add(inst)
+        run.deployed.discard(inst)
+        for w in self.workers.values():
+            w.instances.discard((run.job_id, inst))
+        run.placement.pop(inst, None)
+        try:
+            await run.lineage.recover(run, inst, reason, lambda i, payload: self._redeploy(run, i, payload))
+        except Exception as exc:
+            log.exception("recovery of %s failed", inst)
+            await self._fail(run, inst, f"instance {inst}: recovery failed: {type(exc).__name__}: {exc}")
+
+    async def _redeploy(self, run: JobRun, inst: str, payload: dict[str, Any]) -> None:
+        if not await self._place_all(run, [inst]):
+            return
+        message = self._deploy_message(run, [inst], {inst: payload})
+        await self.workers[run.placement[inst]].send(message)
+
+    async def kill(self, job_id: str, instance: str) -> str:
+        """Kill the process (local mode) or the instance (cluster) hosting step instance ``instance``."""
+        run = self.jobs.get(job_id)
+        if run is None:
+            raise CoordinatorError(f"no job {job_id!r}; `stashflow status` lists the jobs")
+        step, _, index = instance.rpartition("/")
+        if not index.isdigit():
+            raise CoordinatorError(f"{instance!r} is not a step instance like 'count/1'")
+        task = run.plan.task_of_step(step)
+        if int(index) >= task.parallelism:
+            raise CoordinatorError(f"step {step!r} has instances 0..{task.parallelism - 1}, not {index}")
+        inst = task.instance(int(index))
+        if run.state != "running" or inst in run.recovering:
+            raise CoordinatorError(f"job {job_id} is {run.state}; instance {inst} cannot be killed now")
+        run.kill_times[inst] = time.time()
+        if self.launcher is not None and self.launcher.pid(job_id, inst) is not None:
+            pid = self.launcher.kill(job_id, inst)
+            log.warning("job %s: killed instance %s (pid %d)", job_id, inst, pid)
+            return f"killed {inst} (pid {pid})"
+        await self.send_to_instance(run, inst, {"type": "kill", "job": job_id, "instance": inst})
+        return f"killed {inst}"
+
     async def _on_finished(self, run: JobRun, inst: str, stats: dict[str, Any]) -> None:
         run.stats[inst] = stats
         run.finished.add(inst)
         if run.state == "running" and len(run.finished) == len(run.placement):
             run.state = "finished"
             run.finished_at = time.time()
-            self._release(run)
+            await self._stop_job(run)  # lineage instances stay up for resends until the job ends
             run.done.set()
             log.info("job %s finished in %.2f s", run.job_id, run.elapsed_s)
 
@@ -409,6 +560,26 @@ class Coordinator:
         run = self.jobs.get(data.get("job", ""))
         if run is None:
             return
+        if kind == "log" and run.lineage is not None:
+            self._spawn(run.lineage.on_log(run, data))  # concurrent: the GCS group-commits them
+            return
+        if kind == "checkpoint" and run.lineage is not None:
+            self._spawn(run.lineage.on_checkpoint(run, data))
+            return
+        if kind == "stash_reply" and self.lineage is not None:
+            self.lineage.on_stash_reply(conn.worker_id, data)
+            return
+        if kind == "recovered" and run.lineage is not None:
+            run.lineage.on_recovered(run, data)
+            return
+        if kind == "lost":
+            if run.lineage is not None:
+                self._spawn(self._recover(run, data["instance"], data.get("reason", "lost")))
+            else:
+                await self._fail(
+                    run, data["instance"], f"instance {data['instance']}: {data.get('reason', 'lost')}"
+                )
+            return
         if kind == "deployed":
             await self._on_deployed(run, list(data["instances"]))
         elif kind == "finished":
@@ -420,9 +591,22 @@ class Coordinator:
             await self._fail(run, data.get("instance"), where + data["error"])
 
     async def _on_worker_lost(self, conn: WorkerConn) -> None:
+        if self.lineage is not None:
+            self.lineage.on_worker_gone(conn.worker_id)
         for job_id, inst in sorted(conn.instances):
             run = self.jobs.get(job_id)
-            if run is None or run.state in TERMINAL or inst in run.finished:
+            if run is None or run.state in TERMINAL:
+                continue
+            if run.lineage is not None:
+                code = None
+                if self.launcher is not None:
+                    code = await self.launcher.exit_code(job_id, inst, wait=0.5)
+                reason = f"worker {conn.worker_id} (pid {conn.pid}) went away" + (
+                    f", exit code {code}" if code is not None else ""
+                )
+                self._spawn(self._recover(run, inst, reason))
+                continue
+            if inst in run.finished:
                 continue
             exit_info = ""
             if self.launcher is not None:
@@ -466,6 +650,18 @@ class Coordinator:
         if run is None:
             return web.json_response({"error": f"no job {request.match_info['id']!r}"}, status=404)
         return web.json_response(run.status())
+
+    async def _h_kill(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            text = await self.kill(request.match_info["id"], str(body["instance"]))
+        except CoordinatorError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        except (KeyError, TypeError, ValueError) as exc:
+            return web.json_response(
+                {"error": f'malformed kill request: {exc}; send {{"instance": "count/1"}}'}, status=400
+            )
+        return web.json_response({"ok": True, "message": text})
 
     async def _h_cancel(self, request: web.Request) -> web.Response:
         try:

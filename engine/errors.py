@@ -10,6 +10,8 @@
     ├── UserFunctionError                    a user function raised while processing a record: exit 1
     ├── SerializationError (TypeError)       a record cannot be msgpack-encoded to cross a channel
     ├── SourceDataError (ValueError)         a source's external input is undecodable or changed under it
+    ├── StateError                           keyed state or a checkpoint cannot be written or read (disk
+    │                                        full, unwritable --data-dir, corrupt or foreign checkpoint)
     ├── ChannelError (ConnectionError)
     │   ├── ChannelClosed                    *we* closed it; using it afterwards is a bug
     │   └── ChannelBroken                    the peer died or the connection failed: raised ``from`` the OSError
@@ -41,6 +43,7 @@ __all__ = [
     "SerializationError",
     "SourceDataError",
     "StashflowError",
+    "StateError",
     "UserFunctionError",
     "short_repr",
 ]
@@ -124,6 +127,16 @@ class SourceDataError(StashflowError, ValueError):
 
     Examples: bytes that are not valid in the declared encoding, an input file that shrank after the
     source split it among its instances, an offset that no longer fits the input.
+    """
+
+
+class StateError(StashflowError):
+    """Keyed state or a checkpoint cannot be written or read.
+
+    Raised by :mod:`engine.state` and :mod:`engine.checkpoint` when the disk is full, the data
+    directory is not writable, or a checkpoint is missing, corrupt or from an incompatible version.
+    The message names the path, the underlying error and the fix; the storage error (an
+    :class:`OSError` or a RocksDB error) is the ``__cause__``.
     """
 
 

@@ -19,25 +19,32 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import operators
+from engine.causal_log import Kind, describe
 from engine.channel import Address, InputChannel, OutputChannel, connect
 from engine.codec import Batch
 from engine.config import JobConfig
 from engine.connector import SourceReader
+from engine.context import bind, unbind
 from engine.data_server import DataServer
 from engine.dsl import Step
-from engine.errors import SerializationError, UserFunctionError, short_repr
+from engine.errors import ProtocolError, SerializationError, UserFunctionError, short_repr
+from engine.fault_tolerance import ChannelSender, FaultTolerance
 from engine.partition import HashPartitioner, RoundRobinPartitioner
 from engine.plan import ChannelId, Plan, Task, TaskOutput
 from operators.base import OperatorContext, describe_raiser, locate_failure
 
-__all__ = ["InputGate", "InstanceStatistics", "OutputRouter", "StepMetrics", "TaskInstance"]
+__all__ = ["InjectedCrash", "InputGate", "InstanceStatistics", "OutputRouter", "StepMetrics", "TaskInstance"]
 
 log = logging.getLogger("stashflow.instance")
+
+
+class InjectedCrash(Exception):
+    """Raised by an instance armed with ``kill_after`` when it reaches its record count (tests only)."""
 
 
 @dataclass
@@ -60,6 +67,8 @@ class InputGate:
         self._arrivals: deque[int] = deque()
         self._wakeup = asyncio.Event()
         self._open = set(range(len(self.channels)))
+        #: with a recovering fault-tolerance mode, a lost upstream reconnects and resends: not an error
+        self.tolerate_broken = False
 
     def notify(self, index: int) -> None:
         """Called by channel ``index`` when a batch, its end or its breakage arrives."""
@@ -69,6 +78,33 @@ class InputGate:
     @property
     def finished(self) -> bool:
         return not self._open
+
+    async def take_from(self, index: int) -> Batch:
+        """The next batch of channel ``index``, waiting for it (replay follows the logged order).
+
+        Batches of other channels that arrive meanwhile stay buffered in their channels (their credits
+        bound how many), to be taken when the log names them or once the instance is live.
+        """
+        channel = self.channels[index]
+        while True:
+            batch = channel.take()
+            if batch is not None:
+                return batch
+            if channel.finished:
+                raise ProtocolError(
+                    f"replay of {channel.channel_id.dst} needs another batch from {channel.channel_id.src}, "
+                    "but that channel has ended: the recovered log does not match the inputs"
+                )
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def rescan(self) -> None:
+        """After a replay: forget stale arrival notices; queue the channels that hold batches or ended."""
+        self._arrivals.clear()
+        self._arrivals.extend(
+            i for i in sorted(self._open) if self.channels[i].pending or self.channels[i].finished
+        )
+        self._wakeup.set()
 
     async def next(self, timeout: float | None) -> tuple[int, Batch] | None:
         """The next batch and its channel index; ``None`` on timeout or once every input ended.
@@ -83,16 +119,23 @@ class InputGate:
                 batch = channel.take()
                 if batch is not None:
                     return index, batch  # RECV(index): the merge order across inputs
-                if channel.broken is not None:
+                if channel.broken is not None and not self.tolerate_broken:
                     raise channel.broken
                 if channel.finished:
                     self._open.discard(index)
             if not self._open:
                 break
             self._wakeup.clear()
-            if any(self.channels[i].pending for i in self._open):  # an arrival we were not told of
+            # notices can be fewer than events (a replay took batches without them, a rescan queued
+            # one notice for several batches): the channels themselves are the truth
+            for i in sorted(self._open):
+                if self.channels[i].finished:
+                    self._open.discard(i)
+            if any(self.channels[i].pending for i in self._open):
                 self._arrivals.extend(i for i in sorted(self._open) if self.channels[i].pending)
                 continue
+            if not self._open:
+                break
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
@@ -109,19 +152,18 @@ class OutputRouter:
     def __init__(
         self,
         output: TaskOutput,
-        channels: list[OutputChannel],
+        senders: list[ChannelSender],
         batch_size: int,
         owner: OperatorContext,
         keyed_step: Step,
     ):
         self.output = output
         self.keyed_step = keyed_step
-        self.channels = channels
+        self.senders = senders
         self.batch_size = batch_size
         self.owner = owner  # the last step of the chain: the one whose records these are
-        self.buffers: list[list[Any]] = [[] for _ in channels]
-        self.next_seq = [1] * len(channels)
-        n = len(channels)
+        self.buffers: list[list[Any]] = [[] for _ in senders]
+        n = len(senders)
         self.partitioner: HashPartitioner | RoundRobinPartitioner | None
         if n == 1:
             self.partitioner = None
@@ -170,10 +212,8 @@ class OutputRouter:
                 await self._send(j, buf)
 
     async def _send(self, j: int, records: list[Any]) -> None:
-        seq = self.next_seq[j]
-        self.next_seq[j] = seq + 1
         try:
-            await self.channels[j].send(Batch(seq, records))
+            await self.senders[j].send(records)
         except SerializationError as exc:
             raise SerializationError(
                 f"step {self.owner.step.name!r} (instance {self.owner.instance}) emitted a record for step "
@@ -183,6 +223,14 @@ class OutputRouter:
     @property
     def buffered(self) -> int:
         return sum(map(len, self.buffers))
+
+    def snapshot(self) -> int:
+        """The router's own state for a checkpoint: where round-robin continues (buffers are empty)."""
+        return self.partitioner.next if isinstance(self.partitioner, RoundRobinPartitioner) else 0
+
+    def restore(self, state: int) -> None:
+        if isinstance(self.partitioner, RoundRobinPartitioner):
+            self.partitioner.next = state
 
 
 @dataclass
@@ -205,7 +253,11 @@ class InstanceStatistics:
 
 
 class TaskInstance:
-    """Runs instance ``index`` of ``task``: ``prepare`` -> (report address) -> ``connect`` -> ``run``."""
+    """Runs instance ``index`` of ``task``: ``prepare`` -> (report address) -> ``connect`` -> ``run``.
+
+    ``ft_factory`` builds the fault-tolerance mode (:mod:`engine.fault_tolerance`); a restarted instance
+    gets one that restores its checkpoint and replays its causal log (:mod:`engine.lineage`).
+    """
 
     def __init__(
         self,
@@ -217,6 +269,7 @@ class TaskInstance:
         config: JobConfig,
         secret: bytes,
         server: DataServer,
+        ft_factory: Callable[[TaskInstance], FaultTolerance] = FaultTolerance,
     ):
         self.job_id = job_id
         self.plan = plan
@@ -227,28 +280,83 @@ class TaskInstance:
         self.server = server
         self.name = task.instance(index)
         self.state = "created"
-        self.contexts = [OperatorContext(s, f"{s.name}/{index}", index, task.parallelism) for s in task.steps]
+        self.ft = ft_factory(self)
+        opener, gate = self.ft.state_opener(), self.ft.output_gate()
+        self.contexts = [
+            OperatorContext(s, f"{s.name}/{index}", index, task.parallelism, opener, gate) for s in task.steps
+        ]
         self.ops = [operators.create(c) for c in self.contexts]
         self.metrics = [StepMetrics() for _ in self.ops]
         self.inputs: list[InputChannel] = []
         self.gate: InputGate | None = None
         self.routers: list[OutputRouter] = []
+        self.reader: SourceReader | None = None
+        #: last seq taken from each input channel: what a checkpoint records as consumed
+        self.consumed: dict[int, int] = {}
         self.batches_in = 0
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self._flush_deadline: float | None = None
         self._flush_s = config.flush_ms / 1000.0
+        #: set by the worker before it cancels the instance to simulate a kill
+        self.kill_requested = False
+        self._crash_at: int | None = None
+        self._crash: Callable[[TaskInstance], None] | None = None
+        self._records_seen = 0
+
+    def arm_crash(
+        self, kill_after: dict[str, Any], incarnation: int, crash: Callable[[TaskInstance], None] | None
+    ) -> None:
+        """Failure injection for tests: crash after this many input records (``JobConfig.kill_after``).
+
+        ``kill_after["step/i"]`` lists record counts; incarnation k (k restarts so far) of the task
+        instance hosting ``step/i`` crashes once it has taken the k-th count of records, replayed
+        ones included, so a count below the replayed total kills an instance during its recovery.
+        ``crash`` kills the process; without it :class:`InjectedCrash` unwinds the instance.
+        """
+        for step in self.task.steps:
+            counts = kill_after.get(f"{step.name}/{self.index}")
+            if counts and incarnation < len(counts):
+                self._crash_at = int(counts[incarnation])
+                self._crash = crash
+
+    def _count_records(self, n: int) -> None:
+        self._records_seen += n
+        if self._crash_at is not None and self._records_seen >= self._crash_at:
+            self._crash_at = None
+            if self._crash is not None:
+                self._crash(self)
+            raise InjectedCrash(f"{self.name}: injected crash after {self._records_seen} records")
+
+    async def abort(self) -> None:
+        """Vanish as a killed process would: drop every connection without an end of stream."""
+        for router in self.routers:
+            for sender in router.senders:
+                sender.channel.abort()
+        await self.aclose()
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Create and register the input channels, so that upstream instances can connect."""
+    def prepare(self, consumed: dict[int, int] | None = None) -> None:
+        """Create and register the input channels, so that upstream instances can connect.
+
+        ``consumed`` (from a checkpoint) is the last seq already processed per input: senders resend
+        from the next one.
+        """
+        self.consumed = dict(consumed or {})
         for cid in self.plan.inputs_of(self.task.name, self.index):
-            ch = InputChannel(cid, window=self.config.window, on_ready=self._notifier(cid.index))
+            last = self.consumed.get(cid.index, 0)
+            ch = InputChannel(
+                cid, window=self.config.window, on_ready=self._notifier(cid.index), last_seq=last
+            )
             self.inputs.append(ch)
         self.gate = InputGate(self.inputs)
         for ch in self.inputs:
             self.server.register(self.job_id, ch)
+        if self.task.is_source:
+            source = self.task.steps[0].source
+            assert source is not None
+            self.reader = source.open(self.index, self.task.parallelism)
         self.state = "deployed"
 
     def _notifier(self, index: int) -> Any:
@@ -262,21 +370,27 @@ class TaskInstance:
         """Open the output channels to every downstream instance (``addresses``: instance -> address)."""
         outputs = self.plan.outputs_of(self.task.name, self.index)
         for out, cids in zip(self.task.outputs, outputs, strict=True):
-            channels = await asyncio.gather(*(self._connect_one(addresses, cid) for cid in cids))
+            channels = await asyncio.gather(*(self.ft.open_output(addresses[cid.dst], cid) for cid in cids))
+            senders = [self.ft.sender(ch, cid) for ch, cid in zip(channels, cids, strict=True)]
             downstream = self.plan.task(out.downstream).steps[0]
-            router = OutputRouter(out, list(channels), self.config.batch_size, self.contexts[-1], downstream)
+            router = OutputRouter(out, senders, self.config.batch_size, self.contexts[-1], downstream)
             self.routers.append(router)
 
-    async def _connect_one(self, addresses: dict[str, Address], cid: ChannelId) -> OutputChannel:
+    async def open_channel(self, address: Address, cid: ChannelId) -> OutputChannel:
         return await connect(
-            addresses[cid.dst], self.job_id, cid, self.secret, max_frame_bytes=self.config.max_frame_bytes
+            address, self.job_id, cid, self.secret, max_frame_bytes=self.config.max_frame_bytes
         )
 
     async def run(self) -> None:
         """Process until every input ended (or the source is exhausted), then end the outputs."""
-        self.state = "running"
         self.started_at = time.time()
+        token = bind(self.ft.clock)
         try:
+            await self.ft.start()
+            if self.ft.replaying:
+                self.state = "replaying"
+                await self._replay()
+            self.state = "running"
             if self.task.is_source:
                 await self._run_source()
             else:
@@ -284,26 +398,32 @@ class TaskInstance:
             await self._emit(self._finish_chain())
             for router in self.routers:
                 await router.flush()
+            await self.ft.finish()
             for router in self.routers:
-                for ch in router.channels:
-                    await ch.send_eos()
+                for sender in router.senders:
+                    await sender.send_eos()
             self.state = "finished"
         except BaseException:
             self.state = "failed"
             raise
         finally:
+            unbind(token)
             self.finished_at = time.time()
 
     async def aclose(self) -> None:
         """Close channels and operators; safe to call more than once."""
+        await self.ft.aclose()
         for router in self.routers:
-            for ch in router.channels:
-                await ch.aclose()
+            for sender in router.senders:
+                await sender.aclose()
         for inp in self.inputs:
             self.server.unregister(self.job_id, inp.channel_id)
             await inp.aclose()
         self.inputs = []
         self.routers = []
+        if self.reader is not None:
+            await self.reader.aclose()
+            self.reader = None
         for op in self.ops:
             op.close()
         self.ops = []
@@ -323,19 +443,27 @@ class TaskInstance:
                     return
                 await self._timer_flush()
                 continue
-            _index, batch = item
-            self.batches_in += 1
-            await self._emit(self._run_chain(batch.records))
+            index, batch = item
+            await self._process_input(index, batch)
             await self._maybe_timer_flush()
+            await self.ft.between_batches()
+
+    async def _process_input(self, index: int, batch: Batch) -> None:
+        # RECV(index): the stash ingests the batch's lineage before the batch is processed
+        self.ft.on_recv(index, batch)
+        self.consumed[index] = batch.seq
+        self.batches_in += 1
+        await self._emit(self._run_chain(batch.records))
+        self._count_records(len(batch.records))
 
     async def _run_source(self) -> None:
-        step = self.task.steps[0]
-        assert step.source is not None
-        reader = step.source.open(self.index, self.task.parallelism)
+        reader = self.reader
+        assert reader is not None
         size = self.config.batch_size
         pending: asyncio.Task[Sequence[Any] | None] | None = None
         try:
             while True:
+                offset = reader.offset()
                 if self._flush_deadline is None and pending is None:
                     records = await self._read(reader, size)
                 else:
@@ -351,14 +479,46 @@ class TaskInstance:
                 if records is None:
                     return
                 if records:
-                    # SOURCE(offsets): the reader cut this batch; its offsets make it replayable
-                    self.batches_in += 1
-                    await self._emit(self._run_chain(records))
+                    await self._process_source(offset, records)
                 await self._maybe_timer_flush()
+                await self.ft.between_batches()
         finally:
             if pending is not None:
                 pending.cancel()
-            await reader.aclose()
+
+    async def _process_source(self, offset: Any, records: Sequence[Any]) -> None:
+        # SOURCE(offset, count): where the reader cut this batch, so a replay re-reads the same one
+        self.ft.on_source(offset, len(records))
+        self.batches_in += 1
+        await self._emit(self._run_chain(records))
+        self._count_records(len(records))
+
+    async def _replay(self) -> None:
+        """Re-execute the logged history after a restart (DESIGN.md §7.4), then return to go live."""
+        cursor = self.ft.cursor
+        gate = self.gate
+        assert cursor is not None and gate is not None
+        while not cursor.exhausted:
+            det = cursor.next()
+            kind = det[0]
+            if kind == Kind.RECV:
+                index = det[1]
+                await self._process_input(index, await gate.take_from(index))
+            elif kind == Kind.SOURCE:
+                assert self.reader is not None
+                self.reader.seek(det[1])
+                records = await self.reader.read_exact(det[2])
+                await self._process_source(det[1], records)
+            elif kind == Kind.FLUSH:
+                await self._timer_flush()
+            else:
+                raise ProtocolError(
+                    f"replay of {self.name} diverged at position {cursor.position - 1}: the log says "
+                    f"{describe(det)} where a batch, a flush or a source read was expected; a user function "
+                    "is not deterministic (DESIGN.md §3)"
+                )
+        gate.rescan()
+        await self.ft.replay_done()
 
     async def _read(self, reader: SourceReader, size: int) -> Sequence[Any] | None:
         try:
@@ -402,7 +562,7 @@ class TaskInstance:
         for router in self.routers:
             if router.add(records):
                 await router.send_full()
-        if self._flush_deadline is None and any(r.buffered for r in self.routers):
+        if self._flush_deadline is None and not self.ft.replaying and any(r.buffered for r in self.routers):
             self._flush_deadline = time.monotonic() + self._flush_s
 
     async def _maybe_timer_flush(self) -> None:
@@ -410,10 +570,17 @@ class TaskInstance:
             await self._timer_flush()
 
     async def _timer_flush(self) -> None:
-        # FLUSH: the timer fired, so partially filled buffers leave now; when is nondeterministic
+        """FLUSH: partially filled buffers leave now because a timer fired; when is nondeterministic."""
         self._flush_deadline = None
+        if not any(r.buffered for r in self.routers):
+            return
+        self.ft.on_flush()
         for router in self.routers:
             await router.flush()
+
+    async def flush_for_checkpoint(self) -> None:
+        """Empty the output buffers before a checkpoint (logged like a timer flush)."""
+        await self._timer_flush()
 
     # -- observability -------------------------------------------------------------------------------
 
@@ -421,8 +588,8 @@ class TaskInstance:
         batches_out = bytes_out = 0
         backpressure = 0.0
         for router in self.routers:
-            for ch in router.channels:
-                st = ch.statistics()
+            for sender in router.senders:
+                st = sender.statistics()
                 batches_out += st.batches_sent
                 bytes_out += st.bytes_sent
                 backpressure += st.backpressure_s
@@ -439,4 +606,5 @@ class TaskInstance:
             backpressure_s=backpressure,
             started_at=self.started_at,
             finished_at=self.finished_at,
+            extra=self.ft.statistics(),
         )

@@ -23,9 +23,10 @@ log = logging.getLogger("stashflow.launcher")
 class LocalLauncher:
     """Starts, kills and reaps pinned worker processes on this machine."""
 
-    def __init__(self, *, host: str = "127.0.0.1", log_level: str = "WARNING"):
+    def __init__(self, *, host: str = "127.0.0.1", log_level: str = "WARNING", data_dir: str | None = None):
         self.host = host
         self.log_level = log_level
+        self.data_dir = data_dir
         self.procs: dict[tuple[str, str], asyncio.subprocess.Process] = {}
 
     async def launch(self, coordinator_url: str, job_id: str, instances: list[str]) -> None:
@@ -55,6 +56,7 @@ class LocalLauncher:
             "--pin",
             f"{job_id}:{inst}",
             "--exit-when-done",
+            *(["--data-dir", self.data_dir] if self.data_dir else []),
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
         )
@@ -64,6 +66,11 @@ class LocalLauncher:
     def pid(self, job_id: str, inst: str) -> int | None:
         proc = self.procs.get((job_id, inst))
         return proc.pid if proc else None
+
+    def returncode(self, job_id: str, inst: str) -> int | None:
+        """The exit code of the process hosting ``inst``, or ``None`` while it runs (or is unknown)."""
+        proc = self.procs.get((job_id, inst))
+        return proc.returncode if proc else None
 
     def kill(self, job_id: str, inst: str) -> int:
         """SIGKILL the process hosting ``inst``; returns its pid."""

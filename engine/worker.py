@@ -25,18 +25,25 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from engine.causal_log import decode as decode_log
+from engine.causal_log import encode as encode_log
 from engine.channel import Address
+from engine.checkpoint import CheckpointRecord, CheckpointStore
 from engine.codec import pack, unpack
 from engine.config import JobConfig
 from engine.data_server import DataServer
 from engine.errors import StashflowError
-from engine.instance import TaskInstance
+from engine.fault_tolerance import FaultTolerance
+from engine.instance import InjectedCrash, TaskInstance
+from engine.lineage import LineageFT, LineageServices, Recovery
 from engine.loader import JobRef, load_job
 from engine.plan import Plan
 
@@ -51,8 +58,29 @@ class HostedJob:
     plan: Plan
     secret: bytes
     config: JobConfig
+    services: LineageServices | None = None
     instances: dict[str, TaskInstance] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def lineage(self, instance: str | None = None) -> list[LineageFT]:
+        """The lineage runtimes of the hosted instances (of one instance if named)."""
+        insts = (
+            self.instances.values() if instance is None else [i for i in [self.instances.get(instance)] if i]
+        )
+        return [i.ft for i in insts if isinstance(i.ft, LineageFT)]
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+
+def _recovery(data: dict[str, Any] | None) -> Recovery | None:
+    if data is None:
+        return None
+    record = CheckpointRecord.from_bytes(data["record"]) if data.get("record") else None
+    return Recovery(record, decode_log(data["entries"]) if data.get("entries") else [], int(data["restarts"]))
 
 
 class Worker:
@@ -71,6 +99,7 @@ class Worker:
         heartbeat_s: float = 0.5,
         worker_id: str | None = None,
         connect_timeout: float = 30.0,
+        data_dir: str | None = None,
     ):
         self.coordinator_url = coordinator_url.rstrip("/")
         self.host = host
@@ -81,6 +110,9 @@ class Worker:
         self.exit_when_done = exit_when_done
         self.heartbeat_s = heartbeat_s
         self.connect_timeout = connect_timeout
+        #: where checkpoints and spilled output logs go; a restarted instance must be able to read its
+        #: predecessor's checkpoints here, so in a cluster this is a shared volume
+        self.data_dir = data_dir or os.path.join(tempfile.gettempdir(), "stashflow")
         self.worker_id = worker_id or f"worker-{os.getpid()}-{secrets.token_hex(3)}"
         self.jobs: dict[str, HostedJob] = {}
         self.server = DataServer(self._secret_for)
@@ -88,7 +120,6 @@ class Worker:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._send_lock = asyncio.Lock()
         self._stop = asyncio.Event()
-        self._hosted_any = False
 
     def _secret_for(self, job_id: str) -> bytes | None:
         job = self.jobs.get(job_id)
@@ -180,6 +211,7 @@ class Worker:
 
     async def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg["type"]
+        hosted = self.jobs.get(msg.get("job", ""))
         if kind == "deploy":
             await self._deploy(msg)
         elif kind == "start":
@@ -188,53 +220,141 @@ class Worker:
             await self._cancel(msg["job"])
         elif kind == "shutdown":
             self._stop.set()
+        elif hosted is None:
+            return  # a message about a job this worker no longer hosts (it ended here)
+        elif kind == "commit":
+            for ft in hosted.lineage():
+                ft.on_commit(msg["positions"])
+        elif kind == "checkpoint_complete":
+            for ft in hosted.lineage(msg["instance"]):
+                ft.on_checkpoint_complete(msg["checkpoint_id"])
+        elif kind == "trim":
+            for ft in hosted.lineage(msg["instance"]):
+                ft.on_trim(msg["channel"], msg["upto"])
+        elif kind == "kill":
+            inst = hosted.instances.get(msg["instance"])
+            task = hosted.tasks.get(msg["instance"])
+            if inst is not None and task is not None:
+                inst.kill_requested = True
+                task.cancel()
+        elif kind == "peer_moved":
+            await self._peer_moved(hosted, msg["instance"], tuple(msg["address"]))
+        elif kind == "stash_query":
+            holdings = []
+            for ft in hosted.lineage():
+                held = ft.holdings(msg["instance"])
+                if held is not None and held[1]:
+                    holdings.append([ft.instance.name, held[0], len(held[1]), encode_log(held[1])])
+            await self._send(
+                {"type": "stash_reply", "job": msg["job"], "query": msg["query"], "holdings": holdings}
+            )
         else:
             log.warning("worker %s: ignoring unknown control message %r", self.worker_id, kind)
 
+    async def _peer_moved(self, hosted: HostedJob, instance: str, address: Address) -> None:
+        if hosted.services is None:
+            return
+        await hosted.services.peer_moved(instance, address)
+        for ft in hosted.lineage():
+            hosted.spawn(ft.on_peer_moved())
+
     async def _deploy(self, msg: dict[str, Any]) -> None:
         job_id = msg["job"]
+        recoveries = msg.get("recovery") or {}
         try:
-            config = JobConfig.from_dict(msg["config"])
-            job = load_job(JobRef.from_dict(msg["ref"]), msg["params"])
-            plan = Plan.of(job, config.parallelism)
-            hosted = HostedJob(job_id, plan, msg["secret"], config)
-            self.jobs[job_id] = hosted
+            hosted = self.jobs.get(job_id)
+            if hosted is None:
+                config = JobConfig.from_dict(msg["config"])
+                job = load_job(JobRef.from_dict(msg["ref"]), msg["params"])
+                plan = Plan.of(job, config.parallelism)
+                hosted = HostedJob(job_id, plan, msg["secret"], config)
+                if config.ft == "lineage":
+                    hosted.services = LineageServices(
+                        job_id=job_id,
+                        store=CheckpointStore(self.data_dir),
+                        send=self._send,
+                        depth=config.ft_depth,
+                        checkpoint_interval=config.checkpoint_interval,
+                        log_flush_s=config.log_flush_ms / 1000.0,
+                    )
+                self.jobs[job_id] = hosted
+            for name, address in (msg.get("addresses") or {}).items():
+                if hosted.services is not None:
+                    hosted.services.addresses.setdefault(name, (0, tuple(address)))
             for name in msg["instances"]:
-                task_name, _, index = name.rpartition("/")
-                inst = TaskInstance(
-                    job_id=job_id,
-                    plan=plan,
-                    task=plan.task(task_name),
-                    index=int(index),
-                    config=config,
-                    secret=hosted.secret,
-                    server=self.server,
-                )
+                recovery = _recovery(recoveries.get(name))
+                inst = self._create_instance(hosted, name, recovery)
                 hosted.instances[name] = inst
-                inst.prepare()
+                inst.prepare(consumed=recovery.record.consumed if recovery and recovery.record else None)
         except Exception as exc:
             log.exception("worker %s: deploying job %s failed", self.worker_id, job_id)
             await self._send({"type": "failed", "job": job_id, "instance": None, "error": _one_line(exc)})
             return
-        self._hosted_any = True
         await self._send({"type": "deployed", "job": job_id, "instances": list(msg["instances"])})
+
+    def _create_instance(self, hosted: HostedJob, name: str, recovery: Recovery | None) -> TaskInstance:
+        task_name, _, index = name.rpartition("/")
+        services = hosted.services
+        factory: Any = FaultTolerance
+        if services is not None:
+
+            def factory(inst: TaskInstance) -> FaultTolerance:
+                return LineageFT(inst, services, recovery)
+
+        inst = TaskInstance(
+            job_id=hosted.job_id,
+            plan=hosted.plan,
+            task=hosted.plan.task(task_name),
+            index=int(index),
+            config=hosted.config,
+            secret=hosted.secret,
+            server=self.server,
+            ft_factory=factory,
+        )
+        incarnation = recovery.restarts if recovery else 0
+        inst.arm_crash(hosted.config.kill_after, incarnation, self._crash if self.pin else None)
+        return inst
+
+    def _crash(self, inst: TaskInstance) -> None:
+        """Failure injection in a pinned worker: die for real, as a killed process would."""
+        log.warning("instance %s: injected crash (kill_after), killing pid %d", inst.name, os.getpid())
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def _start(self, job_id: str, addresses: dict[str, Address]) -> None:
         hosted = self.jobs.get(job_id)
         if hosted is None:
             return
+        if hosted.services is not None:
+            for name, address in addresses.items():
+                hosted.services.addresses.setdefault(name, (0, address))
         for name, inst in hosted.instances.items():
-            hosted.tasks[name] = asyncio.create_task(self._run_instance(hosted, inst, addresses), name=name)
+            if name not in hosted.tasks:
+                hosted.tasks[name] = asyncio.create_task(
+                    self._run_instance(hosted, inst, addresses), name=name
+                )
 
     async def _run_instance(
         self, hosted: HostedJob, inst: TaskInstance, addresses: dict[str, Address]
     ) -> None:
+        current = (
+            {k: hosted.services.addresses.get(k, (0, v))[1] for k, v in addresses.items()}
+            if hosted.services
+            else addresses
+        )
         try:
-            await inst.connect(addresses)
+            await inst.connect(current)
             await inst.run()
         except asyncio.CancelledError:
-            await inst.aclose()
-            raise
+            if not inst.kill_requested:
+                await inst.aclose()
+                raise
+            await self._lost(hosted, inst, "killed on request")
+            return
+        except InjectedCrash:
+            # an in-process stand-in for a killed process: vanish without an end of stream
+            log.warning("instance %s: injected crash (kill_after)", inst.name)
+            await self._lost(hosted, inst, "injected crash (kill_after)")
+            return
         except Exception as exc:
             if not isinstance(exc, StashflowError):
                 log.exception("instance %s failed", inst.name)
@@ -251,9 +371,18 @@ class Worker:
             self._maybe_exit(hosted)
             return
         stats = inst.statistics().to_dict()  # before aclose(), which releases the channels it counts
-        await inst.aclose()
         await self._send({"type": "finished", "job": hosted.job_id, "instance": inst.name, "stats": stats})
+        if hosted.services is not None:
+            return  # keep the output logs: a receiver that restarts later needs them; cancel ends us
+        await inst.aclose()
         self._maybe_exit(hosted)
+
+    async def _lost(self, hosted: HostedJob, inst: TaskInstance, reason: str) -> None:
+        """An in-process stand-in for a killed process: the instance vanishes without an end of stream."""
+        await inst.abort()
+        hosted.instances.pop(inst.name, None)
+        hosted.tasks.pop(inst.name, None)
+        await self._send({"type": "lost", "job": hosted.job_id, "instance": inst.name, "reason": reason})
 
     def _maybe_exit(self, hosted: HostedJob) -> None:
         if self.exit_when_done and all(
@@ -265,9 +394,9 @@ class Worker:
         hosted = self.jobs.pop(job_id, None)
         if hosted is None:
             return
-        for task in hosted.tasks.values():
+        for task in list(hosted.tasks.values()) + list(hosted.background):
             task.cancel()
-        for task in hosted.tasks.values():
+        for task in list(hosted.tasks.values()) + list(hosted.background):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for inst in hosted.instances.values():

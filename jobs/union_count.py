@@ -19,12 +19,16 @@ def sentence(i: int, salt: int) -> str:
     return " ".join(VOCABULARY[(i * 7 + k * 13 + salt * 31 + (i * i) % 17) % n] for k in range(5))
 
 
-def build(sentences: str = "20000", output: str = "out/union_count", rate: str = "") -> Job:
+def build(
+    sentences: str = "20000", output: str = "out/union_count", rate: str = "", sink_parallelism: str = ""
+) -> Job:
     count = int(sentences)
     per_second = float(rate) if rate else None
     job = Job("union_count")
     left = job.source("left", GeneratorSource(lambda i: sentence(i, 1), count=count, rate=per_second))
     right = job.source("right", GeneratorSource(lambda i: sentence(i, 2), count=count, rate=per_second))
     words = left.union("merge", right).flat_map("split", str.split)
-    words.key_by(lambda w: w).count("count").sink("write", FileSink(output))
+    counts = words.key_by(lambda w: w).count("count")
+    # a sink of another parallelism runs as its own task (not chained to count): it can be killed alone
+    counts.sink("write", FileSink(output), parallelism=int(sink_parallelism) if sink_parallelism else None)
     return job

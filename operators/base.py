@@ -18,22 +18,35 @@ import abc
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from engine.connector import SinkWriter
 from engine.dsl import Step
 from engine.errors import UserFunctionError
 
 __all__ = ["Operator", "OperatorContext", "describe_function", "describe_raiser", "locate_failure"]
 
 
+class OutputGate(Protocol):
+    """Holds a sink's output until its causal past is committed (the output-commit rule, DESIGN.md §5.5)."""
+
+    def hold(self, writer: SinkWriter, records: Sequence[Any]) -> None: ...
+
+
 @dataclass(frozen=True)
 class OperatorContext:
-    """Where an operator runs: its step, its instance name (``step/i``), index and parallelism."""
+    """Where an operator runs: its step, its instance name (``step/i``), index and parallelism.
+
+    ``open_state(step)`` opens the keyed state of a stateful step (RocksDB-backed under the lineage
+    stash; a dict otherwise); ``output_gate`` is set when sinks must respect the output-commit rule.
+    """
 
     step: Step
     instance: str
     index: int
     parallelism: int
+    open_state: Callable[[str], Any] | None = None
+    output_gate: OutputGate | None = None
 
 
 def describe_function(fn: Callable[..., Any]) -> str:
@@ -113,6 +126,13 @@ class Operator(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (sinks close their writers)."""
+
+    def snapshot(self) -> Any:
+        """Small msgpack-able state for a checkpoint, beside keyed state (a sink's written position)."""
+        return None
+
+    def restore(self, state: Any) -> None:  # noqa: B027 - optional hook
+        """Resume from what :meth:`snapshot` returned, in a restarted instance."""
 
     def error(self, fn: Callable[..., Any], record: Any, exc: BaseException) -> UserFunctionError:
         err = UserFunctionError(self.ctx.step.name, self.ctx.instance, describe_function(fn), record, exc)

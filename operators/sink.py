@@ -1,4 +1,10 @@
-"""The sink operator: hands each batch to the step's :class:`~engine.connector.SinkWriter`."""
+"""The sink operator: hands each batch to the step's :class:`~engine.connector.SinkWriter`.
+
+Under the lineage stash a sink must not release output whose causal past is not yet committed
+(the output-commit rule, DESIGN.md §5.5): a recovery could otherwise regenerate different output than
+the world already saw. The instance then gives the operator an output gate, which holds each batch
+until the commits cover it and writes batches in order.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +23,14 @@ class SinkOperator(Operator):
         super().__init__(ctx)
         assert ctx.step.sink is not None
         self.writer = ctx.step.sink.open(ctx.index, ctx.parallelism)
+        self.gate = ctx.output_gate
 
     def process(self, records: Sequence[Any]) -> Sequence[Any]:
         if records:
-            self.writer.write_batch(records)
+            if self.gate is None:
+                self.writer.write_batch(records)
+            else:
+                self.gate.hold(self.writer, records)
         return ()
 
     def finish(self) -> Sequence[Any]:
@@ -29,3 +39,9 @@ class SinkOperator(Operator):
 
     def close(self) -> None:
         self.writer.close()
+
+    def snapshot(self) -> Any:
+        return self.writer.snapshot()
+
+    def restore(self, state: Any) -> None:
+        self.writer.restore(state)

@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from support import ROOT
 
 SLOW_JOB = """
@@ -27,11 +28,12 @@ class SlowSink(Sink):
 
 
 job = Job("slow")
-job.source("gen", GeneratorSource(lambda i: "x" * 100, count=6000)).rebalance().sink("slow", SlowSink())
+job.source("gen", GeneratorSource(lambda i: "x" * 100, count=8000)).rebalance().sink("slow", SlowSink())
 """
 
 
-def test_slow_sink_backpressures_the_source(tmp_path: Path):
+@pytest.mark.parametrize("ft", ["none", "lineage"])
+def test_slow_sink_backpressures_the_source(tmp_path: Path, ft: str):
     path = tmp_path / "slow.py"
     path.write_text(textwrap.dedent(SLOW_JOB))
     metrics = tmp_path / "m.json"
@@ -54,8 +56,8 @@ def test_slow_sink_backpressures_the_source(tmp_path: Path):
     )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(metrics.read_text())["instances"]
-    # 60 batches at 20 ms each is >= 1.2 s of sink time; the source could produce them all in a few ms,
+    # 80 batches at 20 ms each is >= 1.6 s of sink time; the source could produce them all in a few ms,
     # so with at most `window` (8) batches in flight it must have spent most of the run blocked
-    assert data["gen/0"]["backpressure_s"] > 0.6, data["gen/0"]
-    assert data["slow/0"]["records_in"] == 6000
+    assert data["gen/0"]["backpressure_s"] > 0.8, data["gen/0"]
+    assert data["slow/0"]["records_in"] == 8000
     assert data["slow/0"]["backpressure_s"] == 0

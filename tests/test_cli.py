@@ -126,7 +126,7 @@ def test_run_writes_metrics(tmp_path):
     import json
 
     data = json.loads(metrics.read_text())
-    assert data["job"] == "wordcount" and data["ft"] == "none" and data["elapsed_s"] > 0
+    assert data["job"] == "wordcount" and data["ft"] == "lineage" and data["elapsed_s"] > 0
     assert data["instances"]["count/0"]["records_in"] == 5
     assert data["instances"]["count/0"]["restarts"] == 0
     assert set(data["instances"]) == {"read/0", "split/0", "count/0", "write/0"}

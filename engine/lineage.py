@@ -1,0 +1,627 @@
+"""The lineage stash inside one task instance (DESIGN.md §4-§7): mode ``--ft lineage``.
+
+:class:`LineageFT` plugs into the instance loop's hooks (:mod:`engine.fault_tolerance`):
+
+* every nondeterministic event goes into the instance's :class:`~engine.causal_log.CausalLog`
+  (``RECV`` per input batch, ``SOURCE`` per source cut, ``FLUSH`` per timer flush, ``TIME``/``RAND``
+  through :data:`engine.ctx`);
+* every outgoing batch carries the receiver's lineage delta from the :class:`~engine.stash.Stash`,
+  and every incoming batch's delta enters the stash *before* the batch is processed: otherwise the
+  instance's state could depend on a determinant that no survivor holds (an orphan);
+* a background task flushes new determinants to the GCS through the coordinator, in batches; commit
+  positions come back and trim the stash. Nothing on the batch path waits for storage;
+* each :class:`LineageSender` keeps an :class:`~engine.output_log.OutputLog` of what it sent, so a
+  restarted receiver can be resent what it lost, and reconnects to a receiver that moved;
+* sinks hold output until its causal past is committed (:class:`CommitGate`, the output-commit rule);
+* every ``checkpoint_interval`` the instance checkpoints alone, between two batches (§6).
+
+A restarted instance gets a :class:`Recovery`: its latest complete checkpoint and the causal log after
+it, gathered by the coordinator from the GCS and the stashes of live peers (:mod:`engine.recovery`).
+It restores, then replays the log (``replaying``: decisions come from the :class:`LogCursor` instead of
+the clock and the arrival order), regenerating the same batches with the same seqs; receivers that
+already hold them are not sent them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine.causal_log import CausalLog, Determinant, Kind, LogCursor, encode, flush, now, rand, source
+from engine.channel import Address, ChannelId, OutputChannel, OutputChannelStatistics
+from engine.checkpoint import CheckpointRecord, CheckpointStore
+from engine.codec import FRAME_HEADER_BYTES, Batch, decode_batch, encode_batch, pack, unpack
+from engine.connector import SinkWriter
+from engine.errors import ChannelBroken, ChannelError, ProtocolError
+from engine.fault_tolerance import ChannelSender, FaultTolerance
+from engine.output_log import OutputLog
+from engine.stash import Stash
+from engine.state import KeyedState
+
+if TYPE_CHECKING:
+    from engine.instance import TaskInstance
+
+__all__ = ["CommitGate", "LineageFT", "LineageSender", "LineageServices", "Recovery"]
+
+log = logging.getLogger("stashflow.lineage")
+
+
+@dataclass
+class LineageServices:
+    """What the hosting worker provides to the lineage runtime of its instances."""
+
+    job_id: str
+    store: CheckpointStore
+    send: Callable[[dict[str, Any]], Awaitable[None]]  # a control message to the coordinator
+    depth: int = 1
+    checkpoint_interval: float = 2.0
+    log_flush_s: float = 0.002
+    output_log_bytes: int = 64 * 1024 * 1024
+    #: instance -> (generation, address): where each instance currently receives, updated on moves
+    addresses: dict[str, tuple[int, Address]] = field(default_factory=dict)
+    moved: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def peer_moved(self, instance: str, address: Address) -> None:
+        generation = self.addresses.get(instance, (0, address))[0] + 1
+        self.addresses[instance] = (generation, address)
+        async with self.moved:
+            self.moved.notify_all()
+
+    async def address_after(self, instance: str, generation: int) -> tuple[int, Address]:
+        """Wait until ``instance`` has an address newer than ``generation`` (a restarted receiver)."""
+        async with self.moved:
+            await self.moved.wait_for(lambda: self.addresses.get(instance, (0, None))[0] > generation)
+        return self.addresses[instance]
+
+
+@dataclass
+class Recovery:
+    """How a restarted instance resumes: its latest complete checkpoint and its log after it."""
+
+    record: CheckpointRecord | None
+    entries: list[Determinant]
+    restarts: int
+
+
+class LineageSender(ChannelSender):
+    """Sends one channel's batches with lineage deltas, logs them, and survives a receiver's restart."""
+
+    def __init__(
+        self, ft: LineageFT, channel: OutputChannel, channel_id: ChannelId, next_seq: int, outlog: OutputLog
+    ):
+        super().__init__(channel, channel_id)
+        self.ft = ft
+        self.next_seq = next_seq
+        self.outlog = outlog
+        self.generation = ft.services.addresses.get(channel_id.dst, (0, None))[0]
+        #: the last seq the receiver held when we connected: regenerated batches up to it are not resent
+        self.receiver_holds = channel.last_seq_acked_on_connect
+        self.eos_sent = False
+        self.suppressed = 0
+        self._lock = asyncio.Lock()
+        self._stats = channel.statistics()
+        self._broken = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.channel_id.dst}#{self.channel_id.index}"
+
+    async def send(self, records: Sequence[Any]) -> None:
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        delta = self.ft.stash.delta_for(self.channel_id.dst)
+        frame = encode_batch(Batch(seq, records, lineage=delta))
+        self.outlog.append(seq, frame)
+        self.ft.delta_bytes += len(delta) if delta else 0
+        self.ft.frames_sent += 1
+        if seq <= self.receiver_holds:
+            self.suppressed += 1  # a replay regenerated a batch the receiver already holds
+            return
+        async with self._lock:
+            await self._deliver(frame, len(records))
+
+    async def _deliver(self, frame: bytes, records: int) -> None:
+        if not self._broken:
+            try:
+                await self.channel.send_frame(frame, records)
+                return
+            except ChannelBroken:
+                self._broken = True
+        # the receiver died: reconnect to its replacement and resend everything it lacks (this frame
+        # included: it is in the output log already)
+        await self._reconnect()
+
+    async def _reconnect(self) -> None:
+        """Wait for the receiver's next incarnation and resync with it; again if that one dies too."""
+        while True:
+            moved = await self.ft.services.address_after(self.channel_id.dst, self.generation)
+            try:
+                await self._resync(moved)
+                return
+            except (ChannelError, ProtocolError, OSError) as exc:
+                log.info("%s: resync with %s failed (%s); waiting for its next incarnation",
+                         self.channel_id.src, self.channel_id.dst, exc)  # fmt: skip
+                self.generation = moved[0]
+                self._broken = True
+
+    async def catch_up(self) -> None:
+        """Resend restored output-log frames the receiver lacks (it may hold less than our checkpoint)."""
+        last = self.outlog.last_seq
+        if last is None or last <= self.receiver_holds:
+            return
+        async with self._lock:
+            try:
+                await self._resend_after(self.receiver_holds)
+            except ChannelBroken:
+                self._broken = True
+                await self._reconnect()
+            self.receiver_holds = last
+
+    async def _resend_after(self, holds: int) -> int:
+        """Resend the logged frames after seq ``holds``, with lineage fit for the receiver we have now.
+
+        The logged frames carry the deltas computed for an earlier connection; the receiver's stash
+        must hold everything the resent batches depend on before it processes them (no orphans), so
+        the first resent batch carries a fresh delta (after :meth:`Stash.reset_receiver`: every
+        uncommitted entry) and the others none.
+        """
+        resent = 0
+        for seq, frame in self.outlog.frames_after(holds):
+            batch = decode_batch(memoryview(frame)[FRAME_HEADER_BYTES:])
+            delta = self.ft.stash.delta_for(self.channel_id.dst) if resent == 0 else None
+            await self.channel.send_frame(
+                encode_batch(Batch(seq, batch.records, lineage=delta)), len(batch.records)
+            )
+            resent += 1
+        return resent
+
+    async def resync_if_moved(self) -> None:
+        """A receiver restarted elsewhere while we were idle (or done): reconnect and resend."""
+        current = self.ft.services.addresses.get(self.channel_id.dst)
+        if current is None or current[0] <= self.generation:
+            return
+        async with self._lock:
+            current = self.ft.services.addresses[self.channel_id.dst]
+            if current[0] > self.generation:
+                try:
+                    await self._resync(current)
+                except (ChannelError, ProtocolError, OSError):
+                    self.generation = current[0]
+                    self._broken = True
+                    await self._reconnect()
+
+    async def _resync(self, moved: tuple[int, Address]) -> None:
+        generation, address = moved
+        self._stats = _add_stats(self._stats, self.channel.statistics())
+        with contextlib.suppress(Exception):
+            await self.channel.aclose()
+        self.generation = generation
+        self.channel = await self.ft.instance.open_channel(address, self.channel_id)
+        self._broken = False
+        self.ft.stash.reset_receiver(self.channel_id.dst)
+        holds = self.channel.last_seq_acked_on_connect
+        resent = await self._resend_after(holds)
+        if self.eos_sent:
+            await self.channel.send_eos()
+        log.info("%s: reconnected to %s at %s, resent %d batches after seq %d",
+                 self.channel_id.src, self.channel_id.dst, address, resent, holds)  # fmt: skip
+
+    async def send_eos(self) -> None:
+        self.eos_sent = True
+        async with self._lock:
+            if not self._broken:
+                try:
+                    await self.channel.send_eos()
+                    return
+                except ChannelBroken:
+                    self._broken = True
+            await self._reconnect()
+
+    def statistics(self) -> OutputChannelStatistics:
+        return _add_stats(self._stats, self.channel.statistics())
+
+
+def _add_stats(a: OutputChannelStatistics, b: OutputChannelStatistics) -> OutputChannelStatistics:
+    if a is b:
+        return a
+    return OutputChannelStatistics(
+        batches_sent=a.batches_sent + b.batches_sent,
+        records_sent=a.records_sent + b.records_sent,
+        bytes_sent=a.bytes_sent + b.bytes_sent,
+        backpressure_s=a.backpressure_s + b.backpressure_s,
+        credits=b.credits,
+    )
+
+
+class CommitGate:
+    """The output-commit rule (DESIGN.md §5.5): a sink writes a batch once its causal past is committed.
+
+    Each held batch remembers the stash's frontier when it was processed (every log position it
+    depends on, the sink's own ``RECV`` included); commits arriving from the GCS release batches in
+    order. This is the one place where the lineage stash waits for storage.
+    """
+
+    #: held batches past which the instance stops taking input until commits release some: a sink
+    #: that waits for storage must slow its producers down (backpressure), not grow memory
+    LIMIT = 32
+
+    def __init__(self, ft: LineageFT):
+        self.ft = ft
+        self.held: deque[tuple[dict[str, int], SinkWriter, Sequence[Any]]] = deque()
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.below_limit = asyncio.Event()
+        self.below_limit.set()
+        self.max_held = 0
+
+    def hold(self, writer: SinkWriter, records: Sequence[Any]) -> None:
+        frontier = self.ft.stash.frontier()
+        if not self.held and Stash.satisfied(frontier, self.ft.committed):
+            writer.write_batch(records)
+            return
+        self.held.append((frontier, writer, records))
+        self.max_held = max(self.max_held, len(self.held))
+        self.drained.clear()
+        if len(self.held) >= self.LIMIT:
+            self.below_limit.clear()
+
+    def release(self) -> None:
+        held, committed = self.held, self.ft.committed
+        while held and Stash.satisfied(held[0][0], committed):
+            _, writer, records = held.popleft()
+            writer.write_batch(records)
+        if len(held) < self.LIMIT:
+            self.below_limit.set()
+        if not held:
+            self.drained.set()
+
+    def snapshot(self) -> list[tuple[dict[str, int], int, Sequence[Any]]]:
+        """Held batches belong to a checkpoint: they were processed before it but not yet written."""
+        writers = {id(w): i for i, w in enumerate(self.ft.sink_writers())}
+        return [(f, writers[id(w)], r) for f, w, r in self.held]
+
+    def restore(self, held: Sequence[Any]) -> None:
+        writers = self.ft.sink_writers()
+        for frontier, index, records in held:
+            self.held.append((dict(frontier), writers[index], records))
+        if self.held:
+            self.drained.clear()
+
+
+class LineageFT(FaultTolerance):
+    """Mode ``lineage``: causal logging with stashes, independent checkpoints, single-instance recovery."""
+
+    mode = "lineage"
+
+    def __init__(self, instance: TaskInstance, services: LineageServices, recovery: Recovery | None = None):
+        super().__init__(instance)
+        self.services = services
+        self.recovery = recovery
+        self.incarnation = recovery.restarts if recovery else 0
+        record = recovery.record if recovery else None
+        self.record = record
+        name = instance.name
+        self.log = CausalLog(start=record.log_position if record else 0, owner=name)
+        self.stash = Stash(name, services.depth)
+        self.stash.attach_own(self.log)
+        self.cursor: LogCursor | None = None
+        if recovery is not None and recovery.entries:
+            for det in recovery.entries:
+                self.log.append(det)
+            self.cursor = LogCursor(name, recovery.entries, start=self.log.start)
+            self.replaying = True
+        self.committed: dict[str, int] = {}
+        self.states: dict[str, KeyedState] = {}
+        self.gate = CommitGate(self)
+        self.outlogs: dict[str, OutputLog] = {}
+        self.senders: list[LineageSender] = []
+        self.checkpoint_id = services.store.next_checkpoint_id(services.job_id, name)
+        self.last_checkpoint = time.monotonic()
+        self.pending_checkpoints: dict[int, int] = {}  # id -> log position
+        self.replayed_batches = 0
+        self.delta_bytes = 0
+        self.frames_sent = 0
+        self.checkpoints_taken = 0
+        self.checkpoint_ms: float | None = None
+        self._log_dirty = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    # -- state and sinks (wired into the operator contexts) -----------------------------------------
+
+    def state_opener(self) -> Callable[[str], KeyedState]:
+        return self.open_state
+
+    def open_state(self, step: str) -> KeyedState:
+        store, job, name = self.services.store, self.services.job_id, self.instance.name
+        restore_from = None
+        if self.record is not None and step in self.record.state_dirs:
+            restore_from = store.path_of(job, self.record.state_dirs[step])
+        # each incarnation opens its own live directory: a predecessor's (in the same process, under
+        # engine.testing) holds state past the checkpoint, which the replay is about to rebuild
+        path = f"{store.state_path(job, name, step)}.{self.incarnation}"
+        state = KeyedState.open(path, restore_from=restore_from)
+        self.states[step] = state
+        return state
+
+    def output_gate(self) -> CommitGate:
+        return self.gate
+
+    def sink_writers(self) -> list[SinkWriter]:
+        return [op.writer for op in self.instance.ops if hasattr(op, "writer")]
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        inst, record = self.instance, self.record
+        if inst.gate is not None:
+            inst.gate.tolerate_broken = True
+        restart = self.recovery is not None
+        if record is not None:
+            for router, position in zip(inst.routers, record.operators.get("__routers__", ()), strict=False):
+                router.restore(position)
+            if inst.reader is not None and record.source_offset is not None:
+                inst.reader.seek(record.source_offset)
+            self.gate.restore(record.operators.get("__held__", ()))
+        for ctx, op in zip(inst.contexts, inst.ops, strict=True):
+            if record is not None and ctx.step.name in record.operators:
+                op.restore(record.operators[ctx.step.name])
+            elif restart:
+                op.restore(op.snapshot())  # a restart without a checkpoint resumes from the very start
+        self._flusher = asyncio.create_task(self._flush_log(), name=f"log-flush {inst.name}")
+        for sender in self.senders:  # a receiver that restarted too may hold less than our checkpoint
+            await sender.catch_up()
+        if self.recovery is not None and not self.replaying:
+            await self.replay_done()  # nothing to replay (no decision since the checkpoint): live now
+
+    async def replay_done(self) -> None:
+        self.replaying = False
+        self.cursor = None
+        await self.services.send({
+            "type": "recovered",
+            "job": self.services.job_id,
+            "instance": self.instance.name,
+            "replayed_batches": self.replayed_batches,
+            "time": time.time(),
+        })  # fmt: skip
+
+    async def finish(self) -> None:
+        """End of input: wait until every held sink batch is released, then flush the writers again."""
+        self._log_dirty.set()
+        await self.gate.drained.wait()
+        for writer in self.sink_writers():
+            writer.flush()
+
+    async def aclose(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        for outlog in self.outlogs.values():
+            outlog.close()
+
+    # -- nondeterministic events --------------------------------------------------------------------
+
+    def on_recv(self, index: int, batch: Batch) -> None:
+        if batch.lineage is not None:
+            # before processing: the batch's state changes must not outlive the lineage they depend on
+            self.stash.ingest(batch.lineage)
+        if self.replaying:
+            self.replayed_batches += 1
+        else:
+            self.log.recv(index)
+            self._mark_dirty()
+        self.clock.next_batch()
+
+    def on_source(self, offset: Any, count: int) -> None:
+        if self.replaying:
+            self.replayed_batches += 1
+        else:
+            self.log.append(source(offset, count))
+            self._mark_dirty()
+        self.clock.next_batch()
+
+    def on_flush(self) -> None:
+        if not self.replaying:
+            self.log.append(flush())
+            self._mark_dirty()
+
+    def read_time(self) -> int:
+        if self.replaying:
+            assert self.cursor is not None
+            return int(self.cursor.expect(Kind.TIME)[1])
+        value = time.time_ns()
+        self.log.append(now(value))
+        return value
+
+    def read_seed(self) -> int:
+        if self.replaying:
+            assert self.cursor is not None
+            return int(self.cursor.expect(Kind.RAND)[1])
+        value = secrets.randbits(63)
+        self.log.append(rand(value))
+        return value
+
+    def _mark_dirty(self) -> None:
+        if not self._log_dirty.is_set():
+            self._log_dirty.set()
+
+    async def _flush_log(self) -> None:
+        """Ship new determinants to the GCS in batches, off the critical path (DESIGN.md §5.3)."""
+        services, name = self.services, self.instance.name
+        while True:
+            await self._log_dirty.wait()
+            await asyncio.sleep(services.log_flush_s)  # let a few batches' determinants gather
+            self._log_dirty.clear()
+            taken = self.log.take_unflushed()
+            if taken is None:
+                continue
+            start, dets = taken
+            await services.send({
+                "type": "log", "job": services.job_id, "instance": name, "incarnation": self.incarnation,
+                "start": start, "count": len(dets), "entries": encode(dets), "sent_at": time.time(),
+            })  # fmt: skip
+
+    # -- output -------------------------------------------------------------------------------------
+
+    async def open_output(self, address: Address, channel_id: ChannelId) -> OutputChannel:
+        """Connect to a receiver; one that is dead or restarting is waited for (its next incarnation)."""
+        services = self.services
+        generation = services.addresses.get(channel_id.dst, (0, address))[0]
+        while True:
+            try:
+                return await self.instance.open_channel(address, channel_id)
+            except (ChannelError, ProtocolError, OSError) as exc:
+                log.info("%s: %s is not reachable (%s); waiting for its next incarnation",
+                         channel_id.src, channel_id.dst, exc)  # fmt: skip
+                generation, address = await services.address_after(channel_id.dst, generation)
+
+    def sender(self, channel: OutputChannel, channel_id: ChannelId) -> ChannelSender:
+        key = f"{channel_id.dst}#{channel_id.index}"
+        record = self.record
+        next_seq = record.next_seq.get(key, 1) if record is not None else 1
+        outlog = OutputLog(
+            str(channel_id),
+            memory_limit_bytes=self.services.output_log_bytes,
+            spill_dir=os.path.join(
+                self.services.store.instance_dir(self.services.job_id, self.instance.name), "spill"
+            ),
+        )
+        if record is not None:
+            for seq, frame in self._restored_frames(key):
+                outlog.append(seq, frame)
+        self.outlogs[key] = outlog
+        sender = LineageSender(self, channel, channel_id, next_seq, outlog)
+        self.senders.append(sender)
+        return sender
+
+    def _restored_frames(self, key: str) -> list[tuple[int, bytes]]:
+        path = self._outlog_path(self.record.checkpoint_id) if self.record else None
+        if path is None or not os.path.exists(path):
+            return []
+        with open(path, "rb") as f:
+            saved = unpack(f.read())
+        return [(int(seq), bytes(frame)) for seq, frame in saved.get(key, ())]
+
+    def _outlog_path(self, checkpoint_id: int) -> str:
+        base = self.services.store.instance_dir(self.services.job_id, self.instance.name)
+        return os.path.join(base, f"chk-{checkpoint_id}", "output-logs.msgpack")
+
+    # -- checkpoints (DESIGN.md §6) -----------------------------------------------------------------
+
+    async def between_batches(self) -> None:
+        if not self.gate.below_limit.is_set():
+            self._mark_dirty()  # the held output waits for our own determinants too: flush them now
+            await self.gate.below_limit.wait()
+        if self.replaying or time.monotonic() - self.last_checkpoint < self.services.checkpoint_interval:
+            return
+        await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        """Snapshot this instance alone, between two batches; complete once its causal past is committed."""
+        inst, services = self.instance, self.services
+        began = time.perf_counter()
+        await inst.flush_for_checkpoint()  # buffers empty: batch boundaries stay those of the log
+        cid = self.checkpoint_id
+        self.checkpoint_id += 1
+        state_dirs = services.store.take(services.job_id, inst.name, cid, self.states)
+        operators: dict[str, Any] = {
+            ctx.step.name: snap
+            for ctx, op in zip(inst.contexts, inst.ops, strict=True)
+            if (snap := op.snapshot()) is not None
+        }
+        operators["__routers__"] = [r.snapshot() for r in inst.routers]
+        operators["__held__"] = self.gate.snapshot()
+        outputs = {
+            s.key: list(s.outlog.frames_after(s.outlog.first_seq - 1))
+            for s in self.senders
+            if s.outlog.first_seq is not None
+        }
+        with open(self._outlog_path(cid), "wb") as f:
+            f.write(pack(outputs))
+        record = CheckpointRecord(
+            instance=inst.name,
+            checkpoint_id=cid,
+            log_position=self.log.end,
+            consumed=dict(inst.consumed),
+            next_seq={s.key: s.next_seq for s in self.senders},
+            source_offset=inst.reader.offset() if inst.reader is not None else None,
+            operators=operators,
+            state_dirs=state_dirs,
+            requirements=self.stash.frontier(),
+        )
+        self.pending_checkpoints[cid] = record.log_position
+        self.last_checkpoint = time.monotonic()
+        self.checkpoints_taken += 1
+        self.checkpoint_ms = (time.perf_counter() - began) * 1000
+        self._mark_dirty()
+        await services.send({
+            "type": "checkpoint", "job": services.job_id, "instance": inst.name, "incarnation": self.incarnation,
+            "checkpoint_id": cid, "record": record.to_bytes(), "requirements": record.requirements,
+            "consumed": {str(k): v for k, v in record.consumed.items()},
+        })  # fmt: skip
+
+    # -- messages from the coordinator -------------------------------------------------------------
+
+    def on_commit(self, positions: dict[str, int]) -> None:
+        committed = self.committed
+        for name, pos in positions.items():
+            if pos > committed.get(name, 0):
+                committed[name] = pos
+        self.stash.commit(positions)
+        self.gate.release()
+
+    def on_checkpoint_complete(self, checkpoint_id: int) -> None:
+        position = self.pending_checkpoints.pop(checkpoint_id, None)
+        for older in [c for c in self.pending_checkpoints if c < checkpoint_id]:
+            del self.pending_checkpoints[older]
+        if position is not None:
+            with contextlib.suppress(ValueError):
+                self.log.prune(position)
+        with contextlib.suppress(Exception):
+            self.services.store.discard_before(self.services.job_id, self.instance.name, checkpoint_id)
+
+    def on_trim(self, channel_key: str, upto: int) -> None:
+        outlog = self.outlogs.get(channel_key)
+        if outlog is not None:
+            outlog.trim(upto)
+
+    async def on_peer_moved(self) -> None:
+        for sender in self.senders:
+            await sender.resync_if_moved()
+
+    def holdings(self, instance: str) -> tuple[int, list[Determinant]] | None:
+        if instance == self.instance.name:
+            return None
+        return self.stash.holdings(instance)
+
+    # -- observability ------------------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        st = self.stash.statistics()
+        outlogs = [o.statistics() for o in self.outlogs.values()]
+        return {
+            "ft": "lineage",
+            "log_end": self.log.end,
+            "stash_entries": st.entries + st.own_uncommitted,
+            "stash_entries_max": st.entries_max,
+            "stash_bytes": st.encoded_bytes,
+            "stash_bytes_max": st.encoded_bytes_max,
+            "delta_bytes_mean": round(self.delta_bytes / self.frames_sent, 2) if self.frames_sent else 0.0,
+            "frames_sent": self.frames_sent,
+            "output_log_batches": sum(o.batches for o in outlogs),
+            "output_log_bytes": sum(o.bytes_in_memory + o.bytes_spilled for o in outlogs),
+            "checkpoints": self.checkpoints_taken,
+            "checkpoint_ms": self.checkpoint_ms,
+            "held_sink_batches": len(self.gate.held),
+            "replaying": self.replaying,
+            "replayed_batches": self.replayed_batches,
+        }

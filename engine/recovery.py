@@ -1,0 +1,319 @@
+"""The coordinator's side of the lineage stash: commits, checkpoint completion, recovery (DESIGN.md §5-§7).
+
+:class:`LineageCoordinator` serves the jobs that run with ``--ft lineage``:
+
+* **Commits (§5.3).** Instances ship new determinants (``log`` messages); the GCS stores them with group
+  commit and acknowledges a committed position; the coordinator publishes the new positions to every
+  worker of the job (``commit``), coalescing bursts into one message. Stashes drop what is committed;
+  sinks release output whose causal past is now covered.
+* **Checkpoint completion (§6).** An instance's checkpoint record (``checkpoint``) is stored at once and
+  becomes *complete* when every position in its causal past (its ``requirements``) is committed. Then
+  the instance may prune its log, and each upstream sender may trim its output log up to the seqs the
+  checkpoint consumed (``trim``).
+* **Recovery (§7).** When an instance's process is lost, only that instance is restarted: from its latest
+  complete checkpoint, with its causal log after it gathered from the GCS (the committed part) and from
+  the stashes of live instances (the uncommitted tail: the longest copy wins). The new incarnation is
+  placed, deployed with that log, started, and every worker of the job learns its new address
+  (``peer_moved``) so that senders reconnect and resend from their output logs. Nobody else restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine.causal_log import Determinant, decode, encode
+from engine.checkpoint import CheckpointRecord
+from engine.gcs import GCS, GCSError
+
+if TYPE_CHECKING:
+    from engine.coordinator import Coordinator, JobRun
+
+__all__ = ["InstanceRecovery", "LineageCoordinator"]
+
+log = logging.getLogger("stashflow.recovery")
+
+
+@dataclass
+class InstanceRecovery:
+    """One recovery of one task instance, as the metrics report it."""
+
+    instance: str
+    incarnation: int
+    killed_at: float | None
+    detected_at: float
+    reason: str
+    checkpoint_id: int | None = None
+    log_entries: int = 0
+    from_stash: int = 0
+    deployed_at: float | None = None
+    live_at: float | None = None
+    replayed_batches: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        origin = self.killed_at or self.detected_at
+        return {
+            "incarnation": self.incarnation,
+            "reason": self.reason,
+            "checkpoint_id": self.checkpoint_id,
+            "log_entries": self.log_entries,
+            "log_entries_from_stashes": self.from_stash,
+            "detected_s": round(self.detected_at - self.killed_at, 4) if self.killed_at else None,
+            "live_s": round(self.live_at - origin, 4) if self.live_at else None,
+            "replayed_batches": self.replayed_batches,
+        }
+
+
+@dataclass
+class _JobLineage:
+    committed: dict[str, int] = field(default_factory=dict)
+    pending: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)  # (instance, id) -> info
+    incarnation: dict[str, int] = field(default_factory=dict)
+    recoveries: dict[str, list[InstanceRecovery]] = field(default_factory=dict)
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    broadcast_scheduled: bool = False
+    lag_ms: list[float] = field(default_factory=list)
+
+
+class LineageCoordinator:
+    """Commits, checkpoint completion and single-instance recovery for the coordinator's lineage jobs."""
+
+    def __init__(self, coordinator: Coordinator, gcs: GCS, *, stash_query_timeout: float = 2.0):
+        self.coord = coordinator
+        self.gcs = gcs
+        self.stash_query_timeout = stash_query_timeout
+        self.jobs: dict[str, _JobLineage] = {}
+        self._queries: dict[int, tuple[asyncio.Future[None], list[Any], set[str]]] = {}
+        self._query_ids = itertools.count(1)
+
+    def job(self, job_id: str) -> _JobLineage:
+        return self.jobs.setdefault(job_id, _JobLineage())
+
+    # -- commits (§5.3) -----------------------------------------------------------------------------
+
+    async def on_log(self, run: JobRun, msg: dict[str, Any]) -> None:
+        lineage = self.job(run.job_id)
+        inst = msg["instance"]
+        if msg.get("incarnation", 0) < lineage.incarnation.get(inst, 0):
+            return  # a dead incarnation's last words: its positions are being decided afresh
+        sent = msg.get("sent_at")
+        try:
+            committed = await self.gcs.append_log(
+                run.job_id, inst, msg["start"], msg["entries"], msg["count"]
+            )
+        except GCSError as exc:
+            await self.coord.fail_job(run, inst, f"instance {inst}: the GCS refused its log: {exc}")
+            return
+        if sent:
+            lineage.lag_ms.append((time.time() - sent) * 1000)
+            del lineage.lag_ms[:-2000]
+        if committed > lineage.committed.get(inst, 0):
+            lineage.committed[inst] = committed
+            self._schedule_broadcast(run, lineage)
+            await self._complete_checkpoints(run, lineage)
+
+    def _schedule_broadcast(self, run: JobRun, lineage: _JobLineage) -> None:
+        if lineage.broadcast_scheduled:
+            return
+        lineage.broadcast_scheduled = True
+
+        async def broadcast() -> None:
+            await asyncio.sleep(0)  # let the acknowledgments of one group commit coalesce
+            lineage.broadcast_scheduled = False
+            await self.coord.broadcast(
+                run, {"type": "commit", "job": run.job_id, "positions": dict(lineage.committed)}
+            )
+
+        self.coord.spawn(broadcast())
+
+    # -- checkpoints (§6) ---------------------------------------------------------------------------
+
+    async def on_checkpoint(self, run: JobRun, msg: dict[str, Any]) -> None:
+        lineage = self.job(run.job_id)
+        inst, cid = msg["instance"], int(msg["checkpoint_id"])
+        incarnation = msg.get("incarnation", 0)
+        if incarnation < lineage.incarnation.get(inst, 0):
+            return
+        await self.gcs.put_checkpoint(run.job_id, inst, cid, msg["record"])
+        if incarnation < lineage.incarnation.get(inst, 0):
+            return  # the instance died meanwhile and its recovery chose a checkpoint without this one
+        lineage.pending[(inst, cid)] = {
+            "incarnation": incarnation,
+            "requirements": dict(msg["requirements"]),
+            "consumed": {int(k): int(v) for k, v in msg["consumed"].items()},
+            "log_position": CheckpointRecord.from_bytes(msg["record"]).log_position,
+        }
+        await self._complete_checkpoints(run, lineage)
+
+    async def _complete_checkpoints(self, run: JobRun, lineage: _JobLineage) -> None:
+        committed = lineage.committed
+        done = [
+            key
+            for key, info in lineage.pending.items()
+            if all(committed.get(i, 0) >= p for i, p in info["requirements"].items())
+        ]
+        # taken out before the first await: a concurrent call must not complete them a second time
+        infos = {key: lineage.pending.pop(key) for key in sorted(done, key=lambda k: k[1])}
+        for (inst, cid), info in infos.items():
+            # under the instance's recovery lock: a recovery picks its checkpoint either after this one
+            # is complete, or before it, and then this one (of a dead incarnation) is never completed;
+            # senders must not trim their output logs past the checkpoint a recovery restarts from
+            async with self.lock(run, inst):
+                if info["incarnation"] != lineage.incarnation.get(inst, 0):
+                    continue
+                await self.gcs.mark_checkpoint_complete(run.job_id, inst, cid)
+            with contextlib.suppress(GCSError):
+                await self.gcs.prune_log(run.job_id, inst, info["log_position"])
+            await self.coord.send_to_instance(
+                run,
+                inst,
+                {"type": "checkpoint_complete", "job": run.job_id, "instance": inst, "checkpoint_id": cid},
+            )
+            task_name, _, index = inst.rpartition("/")
+            for cid_ in run.plan.inputs_of(task_name, int(index)):
+                upto = info["consumed"].get(cid_.index)
+                if upto:
+                    await self.coord.send_to_instance(run, cid_.src, {
+                        "type": "trim", "job": run.job_id, "instance": cid_.src,
+                        "channel": f"{cid_.dst}#{cid_.index}", "upto": upto,
+                    })  # fmt: skip
+
+    # -- recovery (§7) ------------------------------------------------------------------------------
+
+    def lock(self, run: JobRun, inst: str) -> asyncio.Lock:
+        return self.job(run.job_id).locks.setdefault(inst, asyncio.Lock())
+
+    async def recover(
+        self, run: JobRun, inst: str, reason: str, place: Callable[[str, dict[str, Any]], Awaitable[None]]
+    ) -> None:
+        """Restart ``inst`` alone from its latest complete checkpoint and its gathered causal log."""
+        lineage = self.job(run.job_id)
+        detected = time.time()
+        async with self.lock(run, inst):
+            incarnation = lineage.incarnation.get(inst, 0) + 1
+            lineage.incarnation[inst] = incarnation
+            # checkpoints the dead incarnation took but did not see complete may depend on decisions
+            # that died with it (positions past what survives): never complete them
+            for key in [k for k in lineage.pending if k[0] == inst]:
+                del lineage.pending[key]
+            rec = InstanceRecovery(inst, incarnation, run.kill_times.pop(inst, None), detected, reason)
+            lineage.recoveries.setdefault(inst, []).append(rec)
+            log.warning("job %s: instance %s lost (%s); recovering it alone (incarnation %d)",
+                        run.job_id, inst, reason, incarnation)  # fmt: skip
+            # 1. the latest complete checkpoint, if any: a first failure may come before one
+            data = await self.gcs.latest_checkpoint(run.job_id, inst)
+            record = CheckpointRecord.from_bytes(data) if data else None
+            start = record.log_position if record else 0
+            rec.checkpoint_id = record.checkpoint_id if record else None
+            # 2. the causal log after it: the committed part, then the longest uncommitted tail a live
+            #    instance holds in its stash; positions the dead incarnation flushed beyond those are
+            #    decided afresh, so the GCS forgets them before the new incarnation flushes
+            entries = await self._committed_log(run, inst, start)
+            committed_end = start + len(entries)
+            tail_start, tail = await self._stash_tail(run, inst)
+            if tail and tail_start <= committed_end < tail_start + len(tail):
+                extra = tail[committed_end - tail_start :]
+                entries.extend(extra)
+                rec.from_stash = len(extra)
+            rec.log_entries = len(entries)
+            log.info("job %s: %s restarts from checkpoint %s (log position %d, consumed %s) with %d log entries "
+                     "(%d from stashes)", run.job_id, inst, rec.checkpoint_id, start,
+                     record.consumed if record else {}, len(entries), rec.from_stash)  # fmt: skip
+            with contextlib.suppress(GCSError):
+                await self.gcs.discard_uncommitted(run.job_id, inst)
+            payload = {
+                "record": data,
+                "entries": encode(entries) if entries else None,
+                "restarts": incarnation,
+            }
+            # 3. place, deploy, start; senders learn the new address when it is deployed
+            await place(inst, payload)
+            rec.deployed_at = time.time()
+
+    async def _committed_log(self, run: JobRun, inst: str, start: int) -> list[Determinant]:
+        out: list[Determinant] = []
+        position = start
+        for seg_start, data, count in await self.gcs.read_log(run.job_id, inst, start):
+            if seg_start + count <= position:
+                continue
+            if seg_start > position:
+                break  # cannot happen below the committed position; be safe
+            dets = decode(data)
+            out.extend(dets[position - seg_start :])
+            position = seg_start + count
+        return out
+
+    async def _stash_tail(self, run: JobRun, inst: str) -> tuple[int, list[Determinant]]:
+        """Ask every live worker of the job what its instances hold of ``inst``'s log; keep the longest."""
+        workers = self.coord.workers_of(run, exclude_instance=inst)
+        if not workers:
+            return 0, []
+        qid = next(self._query_ids)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        replies: list[Any] = []
+        waiting = {w.worker_id for w in workers}
+        self._queries[qid] = (done, replies, waiting)
+        for w in workers:
+            await w.send({"type": "stash_query", "job": run.job_id, "instance": inst, "query": qid})
+        try:
+            await asyncio.wait_for(asyncio.shield(done), self.stash_query_timeout)
+        except TimeoutError:
+            log.warning("job %s: %d worker(s) did not answer the stash query for %s in time",
+                        run.job_id, len(waiting), inst)  # fmt: skip
+        finally:
+            del self._queries[qid]
+        best: tuple[int, list[Determinant]] = (0, [])
+        for _holder, start, count, data in replies:
+            if not best[1] or start + count > best[0] + len(best[1]):
+                best = (int(start), decode(data))
+        return best
+
+    def on_stash_reply(self, worker_id: str, msg: dict[str, Any]) -> None:
+        query = self._queries.get(msg["query"])
+        if query is None:
+            return
+        done, replies, waiting = query
+        replies.extend(msg["holdings"])
+        waiting.discard(worker_id)
+        if not waiting and not done.done():
+            done.set_result(None)
+
+    def on_worker_gone(self, worker_id: str) -> None:
+        for done, _, waiting in self._queries.values():
+            waiting.discard(worker_id)
+            if not waiting and not done.done():
+                done.set_result(None)
+
+    def on_recovered(self, run: JobRun, msg: dict[str, Any]) -> None:
+        recs = self.job(run.job_id).recoveries.get(msg["instance"])
+        if recs:
+            recs[-1].live_at = float(msg["time"])
+            recs[-1].replayed_batches = int(msg["replayed_batches"])
+            log.warning("job %s: instance %s live again: %s", run.job_id, msg["instance"], recs[-1].to_dict())
+
+    # -- metrics ------------------------------------------------------------------------------------
+
+    def metrics(self, job_id: str, inst: str) -> dict[str, Any]:
+        lineage = self.jobs.get(job_id)
+        recs = lineage.recoveries.get(inst, []) if lineage else []
+        return {
+            "restarts": len(recs),
+            "recoveries": [r.to_dict() for r in recs],
+            "committed": lineage.committed.get(inst, 0) if lineage else 0,
+        }
+
+    def commit_lag(self, job_id: str) -> dict[str, float | None]:
+        lineage = self.jobs.get(job_id)
+        lags = sorted(lineage.lag_ms) if lineage else []
+        if not lags:
+            return {"p50_ms": None, "p99_ms": None}
+        return {
+            "p50_ms": round(lags[len(lags) // 2], 3),
+            "p99_ms": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 3),
+        }
