@@ -247,13 +247,29 @@ def _write_metrics(path: str, status: dict[str, Any]) -> None:
 @click.option(
     "--gcs-delay-ms", type=float, default=0.0, envvar="STASHFLOW_GCS_DELAY_MS", help="artificial GCS latency"
 )
-def coordinator(host: str, port: int, data_dir: str | None, gcs_delay_ms: float) -> None:
+@click.option(
+    "--heartbeat-timeout",
+    type=float,
+    default=3.0,
+    envvar="STASHFLOW_HEARTBEAT_TIMEOUT",
+    show_default=True,
+    help="seconds of silence after which a worker is declared dead and its instances recover",
+)
+def coordinator(
+    host: str, port: int, data_dir: str | None, gcs_delay_ms: float, heartbeat_timeout: float
+) -> None:
     """Run the coordinator (HTTP API, worker control, the GCS) until interrupted."""
     if data_dir:
         os.makedirs(data_dir, exist_ok=True)
 
     async def serve() -> None:
-        async with Coordinator(host=host, port=port, data_dir=data_dir, gcs_delay_ms=gcs_delay_ms) as coord:
+        async with Coordinator(
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            gcs_delay_ms=gcs_delay_ms,
+            heartbeat_timeout=heartbeat_timeout,
+        ) as coord:
             click.echo(f"stashflow: coordinator at {coord.url}", err=True)
             await asyncio.Event().wait()
 

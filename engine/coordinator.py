@@ -36,7 +36,7 @@ from aiohttp import WSMsgType, web
 from engine.codec import pack, unpack
 from engine.config import JobConfig
 from engine.errors import CoordinatorError, JobDefinitionError, JobLoadError, ParameterError
-from engine.gcs import RocksGCS
+from engine.gcs_backends import RocksGCS
 from engine.launcher import LocalLauncher
 from engine.loader import JobRef, load_job
 from engine.plan import Plan
@@ -59,6 +59,7 @@ class WorkerConn:
     pid: int | None
     instances: set[tuple[str, str]] = field(default_factory=set)  # (job, instance)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_seen: float = field(default_factory=time.monotonic)  # any message counts as a heartbeat
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.ws.closed:
@@ -174,6 +175,7 @@ class Coordinator:
         deploy_timeout: float = 60.0,
         data_dir: str | None = None,
         gcs_delay_ms: float = 0.0,
+        heartbeat_timeout: float = 3.0,
     ):
         self.host = host
         self.port = port
@@ -183,6 +185,8 @@ class Coordinator:
         #: the GCS's files (and, in local mode, the workers' checkpoints) live here
         self.data_dir = os.path.abspath(data_dir) if data_dir else tempfile.mkdtemp(prefix="stashflow-")
         self.gcs_delay_ms = gcs_delay_ms
+        #: a worker silent for this long is declared dead (its process may be alive but cut off)
+        self.heartbeat_timeout = heartbeat_timeout
         self.gcs: RocksGCS | None = None
         self.lineage: LineageCoordinator | None = None
         self.jobs: dict[str, JobRun] = {}
@@ -217,6 +221,7 @@ class Coordinator:
         if self.launcher is not None and self.launcher.data_dir is None:
             self.launcher.data_dir = os.path.join(self.data_dir, "workers")
         self.lineage = LineageCoordinator(self, self.gcs)
+        self._spawn(self._watch_heartbeats())
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -348,10 +353,16 @@ class Coordinator:
 
     def _placement_problem(self, run: JobRun, instances: list[str]) -> str:
         free = sum(w.slots - len(w.instances) for w in self.workers.values() if w.pin is None)
+        where = f"{free} free slots on {len(self.workers)} workers"
+        if run.state == "running":  # a recovery
+            return (
+                f"instance {', '.join(instances)} of job {run.job_id} cannot be restarted: no worker took it "
+                f"within {self.deploy_timeout:.0f} s ({where}); keep spare slots in a cluster (--slots) so that "
+                "a dead worker's instances fit on the others"
+            )
         return (
             f"job {run.job_id} needs {len(instances)} instance slots; {len(run.placement)} were placed within "
-            f"{self.deploy_timeout:.0f} s ({free} free slots on {len(self.workers)} workers); start more workers "
-            "or raise --slots"
+            f"{self.deploy_timeout:.0f} s ({where}); start more workers or raise --slots"
         )
 
     async def _place(self, run: JobRun, instances: list[str]) -> None:
@@ -517,6 +528,19 @@ class Coordinator:
 
     # -- worker control ------------------------------------------------------------------------------
 
+    async def _watch_heartbeats(self) -> None:
+        """Failure detection in a cluster: a worker whose messages stop (heartbeats come every 0.5 s) is
+        dropped after ``heartbeat_timeout``, and its instances recover elsewhere; a process that exits is
+        seen at once, when its connection closes."""
+        while True:
+            await asyncio.sleep(self.heartbeat_timeout / 4)
+            now = time.monotonic()
+            for conn in list(self.workers.values()):
+                if now - conn.last_seen > self.heartbeat_timeout and not conn.ws.closed:
+                    log.warning("worker %s (pid %s) sent nothing for %.1f s (--heartbeat-timeout %.1f): declaring it dead",
+                                conn.worker_id, conn.pid, now - conn.last_seen, self.heartbeat_timeout)  # fmt: skip
+                    await conn.ws.close()
+
     async def _h_worker(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=64 * 1024 * 1024)
         await ws.prepare(request)
@@ -540,6 +564,7 @@ class Coordinator:
                     async with self._workers_changed:
                         self._workers_changed.notify_all()
                 elif conn is not None:
+                    conn.last_seen = time.monotonic()
                     await self._on_worker_message(conn, data)
         finally:
             if conn is not None:

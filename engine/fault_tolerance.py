@@ -19,9 +19,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from engine.channel import Address, ChannelId, OutputChannel, OutputChannelStatistics
+from engine.channel import Address, ChannelId
 from engine.codec import Batch
 from engine.context import BatchClock
+from engine.output_channel import OutputChannel, OutputChannelStatistics
 
 if TYPE_CHECKING:
     from engine.causal_log import LogCursor

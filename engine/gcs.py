@@ -1,9 +1,10 @@
 """The global control store: durable determinants, checkpoint records and job metadata (DESIGN.md §2, §5.3, §6).
 
 The GCS lives inside the coordinator, its only client (workers reach it through coordinator messages),
-and runs on the coordinator's event loop, so its in-memory index needs no locks. Backends:
-:class:`RocksGCS` (embedded RocksDB, the default) and :class:`MemoryGCS` (tests); a replicated store
-(Redis with AOF) plugs in by implementing the storage primitives of :class:`GCS`.
+and runs on the coordinator's event loop, so its in-memory index needs no locks. This module holds the
+semantics (index, group commit, key layout, errors); the storage backends live in
+:mod:`engine.gcs_backends`: :class:`~engine.gcs_backends.RocksGCS` (embedded RocksDB, the default) and
+:class:`~engine.gcs_backends.MemoryGCS` (tests).
 
 Causal-log segments
 -------------------
@@ -41,12 +42,6 @@ the writer goes on with the next group during the delay, so N concurrent writers
 commit positions published to stashes (§5.3) bear the whole storage latency. A read may see a write
 before its acknowledgment, never the reverse.
 
-Durability: RocksDB's write-ahead log is always on. With ``sync=False`` (default) an acknowledged write
-is in the OS page cache: it survives a crash of the coordinator process (what restarting from the GCS
-on disk is for) but not a power loss or kernel crash; a group costs ~5 us. ``sync=True`` fsyncs the WAL
-once per group and survives power loss, for ~0.1-10 ms per group depending on the device: group commit
-spreads that over every concurrent writer, and the fsync runs in a thread while the loop serves on.
-
 Key layout (raw bytes; job ids and step names cannot contain ``/``)::
 
     log/<job>/<instance>/<start:020d>-<end:020d>   the determinants of positions [start, end)
@@ -70,17 +65,14 @@ import asyncio
 import bisect
 import collections
 import logging
-import os
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Self, TypeVar, cast
-
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from typing import Any, Self, TypeVar
 
 from engine.errors import StashflowError
 
-__all__ = ["GCS", "GCSError", "LogConflictError", "MemoryGCS", "RocksGCS"]
+__all__ = ["GCS", "GCSError", "LogConflictError"]
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +181,9 @@ def _nothing() -> None:
 class GCS(abc.ABC):
     """The global control store: the API the coordinator uses, over storage primitives.
 
-    Backends implement :meth:`_write` (apply a list of :data:`Op` atomically), :meth:`_get` and
-    :meth:`_close`, and call :meth:`_restore` with the stored keys when they open; the index and group
+    Backends (:mod:`engine.gcs_backends`) implement :meth:`_write` (apply a list of :data:`Op`
+    atomically), :meth:`_get` and :meth:`_close`, and call :meth:`_restore` with the stored keys when
+    they open; the index and group
     commit live here, so every backend has the same semantics. Use a store from one event loop. Every
     method raises :class:`GCSError` once the store is closed or broken, besides the errors it lists.
     """
@@ -657,99 +650,3 @@ class GCS(abc.ABC):
             if not request.future.done():
                 request.future.set_exception(error)
                 request.future.exception()  # a caller that gave up must not cause "never retrieved"
-
-
-class MemoryGCS(GCS):
-    """A GCS in a dict, for tests; pass the ``data`` of a closed one to reopen it.
-
-    >>> import asyncio
-    >>> async def demo() -> tuple[int, int]:
-    ...     async with MemoryGCS() as gcs:
-    ...         await gcs.append_log("wc", "count/0", 2, b"later", 3)  # pending: positions 0-1 missing
-    ...         return await gcs.append_log("wc", "count/0", 0, b"first", 2), gcs.committed("wc", "count/0")
-    >>> asyncio.run(demo())
-    (5, 5)
-    """
-
-    def __init__(
-        self, *, delay_ms: float = 0.0, max_group: int = 1024, data: dict[bytes, bytes] | None = None
-    ):
-        super().__init__(where="memory GCS", delay_ms=delay_ms, max_group=max_group)
-        self.data: dict[bytes, bytes] = {} if data is None else data
-        self._restore(sorted(self.data), self.data.get)
-
-    async def _write(self, ops: list[Op]) -> None:
-        for kind, key, value in ops:
-            if kind == OP_PUT:
-                self.data[key] = value
-            elif kind == OP_DELETE:
-                self.data.pop(key, None)
-            else:
-                for k in [k for k in self.data if key <= k < value]:
-                    del self.data[k]
-
-    async def _get(self, key: bytes) -> bytes | None:
-        return self.data.get(key)
-
-    async def _close(self) -> None:
-        pass
-
-
-class RocksGCS(GCS):
-    """The embedded GCS: a RocksDB database in directory ``path``, created if missing.
-
-    Opening an existing directory recovers everything stored in it. ``sync``: see the module docstring.
-
-    Raises:
-        GCSError: the directory cannot be opened (not writable, or locked by another coordinator).
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        delay_ms: float = 0.0,
-        sync: bool = False,
-        max_group: int = 1024,
-    ):
-        self.path = os.fspath(path)
-        super().__init__(where=f"GCS at {self.path}", delay_ms=delay_ms, max_group=max_group)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        try:
-            self._db = Rdict(self.path, options)
-        except Exception as exc:  # rocksdict raises plain Exception with RocksDB's status text
-            raise GCSError(
-                f"cannot open the GCS at {self.path}: {exc}; is another coordinator using this data "
-                "directory, or is it not writable?"
-            ) from exc
-        self._sync = sync
-        self._options = WriteOptions()
-        self._options.sync = sync
-        try:
-            self._restore(cast("Iterable[bytes]", self._db.keys()), self._db.get)  # raw mode: bytes keys
-        except BaseException:
-            self._db.close()
-            raise
-
-    async def _write(self, ops: list[Op]) -> None:
-        batch = WriteBatch(raw_mode=True)
-        for kind, key, value in ops:
-            if kind == OP_PUT:
-                batch.put(key, value)
-            elif kind == OP_DELETE:
-                batch.delete(key)
-            else:
-                batch.delete_range(key, value)
-        if self._sync:
-            # an fsync takes milliseconds: the event loop serves on meanwhile (rocksdict drops the GIL)
-            await asyncio.to_thread(self._db.write, batch, self._options)
-        else:
-            self._db.write(batch, self._options)  # ~5 us into the page cache: a thread hop costs more
-
-    async def _get(self, key: bytes) -> bytes | None:
-        value: bytes | None = self._db.get(key)
-        return value
-
-    async def _close(self) -> None:
-        self._db.close()

@@ -25,7 +25,7 @@ from typing import Any
 
 import operators
 from engine.causal_log import Kind, describe
-from engine.channel import Address, InputChannel, OutputChannel, connect
+from engine.channel import Address, InputChannel
 from engine.codec import Batch
 from engine.config import JobConfig
 from engine.connector import SourceReader
@@ -34,6 +34,7 @@ from engine.data_server import DataServer
 from engine.dsl import Step
 from engine.errors import ProtocolError, SerializationError, UserFunctionError, short_repr
 from engine.fault_tolerance import ChannelSender, FaultTolerance
+from engine.output_channel import OutputChannel, connect
 from engine.partition import HashPartitioner, RoundRobinPartitioner
 from engine.plan import ChannelId, Plan, Task, TaskOutput
 from operators.base import OperatorContext, describe_raiser, locate_failure

@@ -36,12 +36,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.causal_log import CausalLog, Determinant, Kind, LogCursor, encode, flush, now, rand, source
-from engine.channel import Address, ChannelId, OutputChannel, OutputChannelStatistics
+from engine.channel import Address, ChannelId
 from engine.checkpoint import CheckpointRecord, CheckpointStore
 from engine.codec import FRAME_HEADER_BYTES, Batch, decode_batch, encode_batch, pack, unpack
 from engine.connector import SinkWriter
 from engine.errors import ChannelBroken, ChannelError, ProtocolError
 from engine.fault_tolerance import ChannelSender, FaultTolerance
+from engine.output_channel import OutputChannel, OutputChannelStatistics
 from engine.output_log import OutputLog
 from engine.stash import Stash
 from engine.state import KeyedState
@@ -188,6 +189,9 @@ class LineageSender(ChannelSender):
         current = self.ft.services.addresses.get(self.channel_id.dst)
         if current is None or current[0] <= self.generation:
             return
+        # a send may be blocked on credits from the old incarnation (a frozen process, cut off but not
+        # closed): drop that connection so the send fails over to the new one instead of waiting forever
+        self.channel.abort()
         async with self._lock:
             current = self.ft.services.addresses[self.channel_id.dst]
             if current[0] > self.generation:

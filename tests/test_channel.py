@@ -21,10 +21,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from engine.channel import Address, ChannelId, InputChannel, OutputChannel, connect
+from engine.channel import Address, ChannelId, InputChannel
 from engine.codec import PROTOCOL_VERSION, Batch, FrameKind, encode_batch, encode_frame, read_frame
 from engine.data_server import DataServer
 from engine.errors import AuthenticationError, ChannelBroken, ChannelClosed, ProtocolError
+from engine.output_channel import OutputChannel, connect
 
 JOB = "wc-1"
 SECRET = b"wc-1 secret, 32 bytes long......"

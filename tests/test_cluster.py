@@ -1,21 +1,28 @@
 """The cluster topology of docker-compose.yml, as local processes on distinct loopback addresses.
 
 A coordinator on 127.0.0.1 and three workers on 127.0.0.2-4 (each its own address, as containers
-would have), a job submitted with ``stashflow submit``, its instances spread over the workers; a stray
-client sending garbage and a forged handshake to a worker's data port while the job runs must not harm
-it. Every process is started here, bounded in time and killed by pid.
+would have), jobs submitted with ``stashflow submit``, instances spread over the workers. A stray
+client sending garbage to a worker's data port must not harm a running job; a worker that dies
+(killed, or frozen and so silent past the heartbeat timeout) loses its instances, which recover alone
+on the surviving workers. Every process is started here, bounded in time and killed by pid.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import pytest
 import union_count
@@ -38,116 +45,152 @@ def loopback_alias_works() -> bool:
     return True
 
 
+pytestmark = pytest.mark.skipif(
+    not loopback_alias_works(), reason="127.0.0.2 is not bindable on this machine"
+)
+
+
 def stashflow(*args: str) -> list[str]:
     return [sys.executable, "-m", "engine", *args]
 
 
-def wait_http(url: str, deadline: float) -> None:
-    import urllib.request
+@dataclass
+class Cluster:
+    url: str
+    logs: Path
+    data_ports: dict[str, int]
+    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
+    def submit(self, out: Path, n: int, rate: int) -> subprocess.Popen[bytes]:
+        args = ["submit", "jobs/union_count.py", "--coordinator", self.url, "--parallelism", "3"]
+        args += [
+            "-P",
+            f"sentences={n}",
+            "-P",
+            f"output={out}",
+            "-P",
+            f"rate={rate}",
+            "--checkpoint-interval",
+            "0.5",
+        ]
+        return subprocess.Popen(stashflow(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+
+    def status(self, job_id: str) -> dict:
+        proc = subprocess.run(
+            stashflow("status", job_id, "--coordinator", self.url), capture_output=True, timeout=30, cwd=ROOT
+        )
+        return json.loads(proc.stdout)
+
+
+def wait_workers(url: str, count: int, deadline: float) -> None:
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url + "/health", timeout=1) as resp:
-                if json.load(resp)["workers"] == len(WORKER_HOSTS):
+                if json.load(resp)["workers"] == count:
                     return
         except OSError:
             pass
         time.sleep(0.1)
-    raise TimeoutError(f"coordinator at {url} did not see {len(WORKER_HOSTS)} workers in time")
+    raise TimeoutError(f"coordinator at {url} did not see {count} workers in time")
 
 
-@pytest.mark.skipif(not loopback_alias_works(), reason="127.0.0.2 is not bindable on this machine")
-def test_coordinator_and_three_workers_on_distinct_addresses(tmp_path: Path):
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
     port = free_port("127.0.0.1")
-    url = f"http://127.0.0.1:{port}"
-    data_ports = {host: free_port(host) for host in WORKER_HOSTS}
+    c = Cluster(f"http://127.0.0.1:{port}", tmp_path / "logs", {h: free_port(h) for h in WORKER_HOSTS})
+    c.logs.mkdir()
+    files: list[IO[bytes]] = []
     procs: list[subprocess.Popen[bytes]] = []
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    files = []
 
-    def log_file(name: str):
-        f = open(logs / name, "wb")  # noqa: SIM115 - closed in the finally below
+    def log_file(name: str) -> IO[bytes]:
+        f = open(c.logs / name, "wb")  # noqa: SIM115 - closed below
         files.append(f)
         return f
 
     try:
         procs.append(
             subprocess.Popen(
-                stashflow("coordinator", "--host", "127.0.0.1", "--port", str(port)),
+                stashflow(
+                    "coordinator", "--host", "127.0.0.1", "--port", str(port), "--heartbeat-timeout", "1.5"
+                ),
                 stdout=subprocess.DEVNULL,
                 stderr=log_file("coordinator.log"),
                 cwd=ROOT,
             )
         )
         for host in WORKER_HOSTS:
-            procs.append(
-                subprocess.Popen(
-                    stashflow("worker", "--host", host, "--data-port", str(data_ports[host]), "--slots", "4"),
-                    env={**_env(), "STASHFLOW_COORDINATOR": url},  # the env var form of --coordinator
-                    stdout=subprocess.DEVNULL,
-                    stderr=log_file(f"worker-{host}.log"),
-                    cwd=ROOT,
-                )
+            proc = subprocess.Popen(
+                stashflow("worker", "--host", host, "--data-port", str(c.data_ports[host]), "--slots", "6"),
+                # the env var forms of --coordinator and --data-dir
+                env={
+                    **os.environ,
+                    "STASHFLOW_COORDINATOR": c.url,
+                    "STASHFLOW_DATA_DIR": str(tmp_path / "data"),
+                },
+                stdout=subprocess.DEVNULL,
+                stderr=log_file(f"worker-{host}.log"),
+                cwd=ROOT,
             )
-        wait_http(url, time.monotonic() + 30)
-
-        out = tmp_path / "out"
-        n = 4000
-        submit = subprocess.Popen(
-            stashflow(
-                "submit",
-                "jobs/union_count.py",
-                "--coordinator",
-                url,
-                "--parallelism",
-                "3",
-                "-P",
-                f"sentences={n}",
-                "-P",
-                f"output={out}",
-                "-P",
-                "rate=8000",
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=ROOT,
-        )
-        time.sleep(1.0)  # the job is running (about 1 s of rate-limited input left)
-        _attack(WORKER_HOSTS[0], data_ports[WORKER_HOSTS[0]])
-        stdout, stderr = submit.communicate(timeout=60)
-        assert submit.returncode == 0, stderr.decode()
-        job_id = stdout.decode().strip().splitlines()[0]
-
-        expected = Counter(
-            w for salt in (1, 2) for i in range(n) for w in union_count.sentence(i, salt).split()
-        )
-        got: dict[str, list[int]] = {}
-        for word, count in read_jsonl(out):
-            got.setdefault(word, []).append(count)
-        assert got == {w: list(range(1, c + 1)) for w, c in expected.items()}
-
-        status = json.loads(
-            subprocess.run(
-                stashflow("status", job_id, "--coordinator", url), capture_output=True, timeout=30, cwd=ROOT
-            ).stdout
-        )
-        assert status["state"] == "finished"
-        workers = {m["worker"] for m in status["instances"].values()}
-        assert len(workers) == 3, f"instances were not spread over the 3 workers: {workers}"
-        worker_log = (logs / f"worker-{WORKER_HOSTS[0]}.log").read_text()
-        assert "dropped connection from" in worker_log
+            c.workers[host] = proc
+            procs.append(proc)
+        wait_workers(c.url, len(WORKER_HOSTS), time.monotonic() + 30)
+        yield c
     finally:
         for p in procs:
-            p.kill()
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)  # a frozen worker must be able to die
+                p.kill()
         for p in procs:
             p.wait(timeout=10)
         for f in files:
             f.close()
 
 
+def check_output(out: Path, n: int) -> None:
+    expected = Counter(w for salt in (1, 2) for i in range(n) for w in union_count.sentence(i, salt).split())
+    got: dict[str, list[int]] = {}
+    for word, count in read_jsonl(out):
+        got.setdefault(word, []).append(count)
+    assert {w: sorted(c) for w, c in got.items()} == {w: list(range(1, c + 1)) for w, c in expected.items()}
+
+
+def test_instances_spread_over_three_workers_and_strays_are_dropped(cluster: Cluster, tmp_path: Path):
+    out, n = tmp_path / "out", 4000
+    submit = cluster.submit(out, n, rate=8000)
+    time.sleep(1.0)  # the job is running (about 1 s of rate-limited input left)
+    _attack(WORKER_HOSTS[0], cluster.data_ports[WORKER_HOSTS[0]])
+    stdout, stderr = submit.communicate(timeout=60)
+    assert submit.returncode == 0, stderr.decode()
+    job_id = stdout.decode().strip().splitlines()[0]
+    check_output(out, n)
+    status = cluster.status(job_id)
+    assert status["state"] == "finished"
+    workers = {m["worker"] for m in status["instances"].values()}
+    assert len(workers) == 3, f"instances were not spread over the 3 workers: {workers}"
+    assert "dropped connection from" in (cluster.logs / f"worker-{WORKER_HOSTS[0]}.log").read_text()
+
+
+@pytest.mark.parametrize("how", ["killed", "frozen"])
+def test_a_dead_worker_s_instances_recover_on_the_others(cluster: Cluster, tmp_path: Path, how: str):
+    out, n = tmp_path / "out", 12000
+    submit = cluster.submit(out, n, rate=6000)  # ~2 s of input
+    time.sleep(0.8)
+    victim = cluster.workers[WORKER_HOSTS[1]]
+    victim.send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+    stdout, stderr = submit.communicate(timeout=90)
+    assert submit.returncode == 0, stderr.decode()[-3000:]
+    job_id = stdout.decode().strip().splitlines()[0]
+    check_output(out, n)
+    status = cluster.status(job_id)
+    restarted = {m["task"] for m in status["instances"].values() if m["restarts"]}
+    assert restarted, "the dead worker hosted no instance"
+    assert "recovered alone" in stderr.decode()
+    if how == "frozen":
+        assert "declaring it dead" in (cluster.logs / "coordinator.log").read_text()
+
+
 def _attack(host: str, port: int) -> None:
-    """Garbage bytes, an oversized frame and a forged HELLO at a worker's data port."""
+    """Garbage bytes and an oversized frame at a worker's data port."""
     for payload in (b"GET / HTTP/1.1\r\n\r\n", struct.pack(">I", 0x7FFFFFFF) + b"x" * 16):
         with socket.create_connection((host, port), timeout=5) as s:
             s.sendall(payload)
@@ -157,9 +200,3 @@ def _attack(host: str, port: int) -> None:
                     pass
             except OSError:
                 pass
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)

@@ -19,7 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.gcs import GCS, GCSError, LogConflictError, MemoryGCS, Op, RocksGCS
+from engine.gcs import GCS, GCSError, LogConflictError, Op
+from engine.gcs_backends import MemoryGCS, RocksGCS
 
 JOB = "wc-1a2b3c"
 X = "count/0"
