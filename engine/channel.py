@@ -217,6 +217,21 @@ class InputChannel:
         """Sequence number of the last batch received (taken or not)."""
         return self._last_seq
 
+    def buffered_lineage(self) -> list[bytes]:
+        """The lineage deltas of the batches received and not yet taken, oldest first.
+
+        Recovery asks a receiver what it holds of a failed sender's log (DESIGN.md §7.2): what it has
+        *received* counts, processed or not, because those batches will be processed, and the failed
+        sender's next incarnation must follow the decisions they depend on. Decodes the buffered
+        batches (a rare, recovery-time cost).
+        """
+        deltas = []
+        for body in self._buffer:
+            lineage = decode_batch(body).lineage
+            if lineage is not None:
+                deltas.append(lineage)
+        return deltas
+
     def take(self) -> Batch | None:
         """Pop and decode the oldest received batch and return its credit; ``None`` if none is buffered.
 

@@ -71,12 +71,19 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--checkpoint-interval",
             type=float,
-            default=2.0,
+            default=JobConfig.checkpoint_interval,
             show_default=True,
             help="seconds between checkpoints",
         ),
         click.option(
             "--gcs-delay-ms", type=float, default=0.0, show_default=True, help="artificial GCS write latency"
+        ),
+        click.option(
+            "--log-flush-ms",
+            type=float,
+            default=JobConfig.log_flush_ms,
+            show_default=True,
+            help="how long determinants gather before they are shipped to the GCS",
         ),
     ]
     for option in reversed(options):

@@ -32,10 +32,13 @@ class JobConfig:
     #: lineage stash forwarding depth f: 1 = direct receivers hold an instance's uncommitted
     #: determinants, -1 = every downstream instance does (DESIGN.md §5.2)
     ft_depth: int = 1
-    #: seconds between two independent checkpoints of an instance (DESIGN.md §6)
-    checkpoint_interval: float = 2.0
-    #: milliseconds the log flusher lets determinants gather before shipping them to the GCS
-    log_flush_ms: float = 2.0
+    #: seconds between two independent checkpoints of an instance (DESIGN.md §6): a checkpoint costs
+    #: the instance a pause that grows with the keys changed since the last one; a longer interval
+    #: means a longer replay after a failure (replay runs faster than live input arrives)
+    checkpoint_interval: float = 5.0
+    #: milliseconds the log flusher lets determinants gather before shipping them to the GCS: fewer,
+    #: larger control messages against a longer commit lag (which delays sink output, §5.5)
+    log_flush_ms: float = 5.0
     #: artificial latency added to every GCS write acknowledgment (to show storage is off the path)
     gcs_delay_ms: float = 0.0
     #: failure injection for tests: step instance -> records after which its k-th incarnation crashes

@@ -603,8 +603,15 @@ class LineageFT(FaultTolerance):
             await sender.resync_if_moved()
 
     def holdings(self, instance: str) -> tuple[int, list[Determinant]] | None:
+        """What this instance holds of ``instance``'s log, batches received but not yet processed included."""
         if instance == self.instance.name:
             return None
+        for channel in self.instance.inputs:
+            if channel.channel_id.src == instance:
+                # stashed early, not late: ingesting twice is harmless (copies must agree), and the
+                # batches carrying these deltas will be processed whatever the recovery decides
+                for delta in channel.buffered_lineage():
+                    self.stash.ingest(delta)
         return self.stash.holdings(instance)
 
     # -- observability ------------------------------------------------------------------------------

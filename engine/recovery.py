@@ -84,9 +84,12 @@ class _JobLineage:
 class LineageCoordinator:
     """Commits, checkpoint completion and single-instance recovery for the coordinator's lineage jobs."""
 
-    def __init__(self, coordinator: Coordinator, gcs: GCS, *, stash_query_timeout: float = 2.0):
+    def __init__(
+        self, coordinator: Coordinator, gcs: GCS, *, stash_query_timeout: float = 2.0, publish_ms: float = 2.0
+    ):
         self.coord = coordinator
         self.gcs = gcs
+        self.publish_s = publish_ms / 1000.0
         self.stash_query_timeout = stash_query_timeout
         self.jobs: dict[str, _JobLineage] = {}
         self._queries: dict[int, tuple[asyncio.Future[None], list[Any], set[str]]] = {}
@@ -124,7 +127,10 @@ class LineageCoordinator:
         lineage.broadcast_scheduled = True
 
         async def broadcast() -> None:
-            await asyncio.sleep(0)  # let the acknowledgments of one group commit coalesce
+            # coalesce: every acknowledgment within the window goes out in one message per worker. The
+            # window bounds the control traffic (each flush of each instance would otherwise cost one
+            # message to every worker of the job) at the price of that much more commit latency
+            await asyncio.sleep(self.publish_s)
             lineage.broadcast_scheduled = False
             await self.coord.broadcast(
                 run, {"type": "commit", "job": run.job_id, "positions": dict(lineage.committed)}

@@ -255,6 +255,15 @@ class KeyedState:
         empty = next(iter(db.keys()), _MISSING) is _MISSING
         return cls(db, path, cache_entries, complete=empty)
 
+    @property
+    def complete(self) -> bool:
+        """True while :attr:`cache` holds every key (nothing evicted; the database was empty at open).
+
+        Then a key absent from the cache is absent, and an operator may update :attr:`cache` in bulk
+        (adding every written key to :attr:`dirty`) without reading misses through :meth:`get`.
+        """
+        return self._complete
+
     # -- per-record API -----------------------------------------------------------------------------
 
     def get(self, key: Any, default: Any = None) -> Any:
@@ -496,6 +505,9 @@ class MemoryState:
     def __init__(self) -> None:
         self.cache: dict[Any, Any] = {}
         self.dirty: set[Any] = set()
+
+    #: the dict holds every key: see :attr:`KeyedState.complete`
+    complete = True
 
     def get(self, key: Any, default: Any = None) -> Any:
         """The value of ``key``, or ``default``."""

@@ -240,6 +240,7 @@ class Worker:
         elif kind == "peer_moved":
             await self._peer_moved(hosted, msg["instance"], tuple(msg["address"]))
         elif kind == "stash_query":
+            await self._drain_lost_sender(hosted, msg["instance"])
             holdings = []
             for ft in hosted.lineage():
                 held = ft.holdings(msg["instance"])
@@ -250,6 +251,18 @@ class Worker:
             )
         else:
             log.warning("worker %s: ignoring unknown control message %r", self.worker_id, kind)
+
+    async def _drain_lost_sender(self, hosted: HostedJob, sender: str, timeout: float = 0.5) -> None:
+        """Let our channels from a dead sender read what it sent before it died (until they see EOF).
+
+        Those bytes are batches we will process; their lineage must count in the holdings we report.
+        """
+        channels = [
+            c for inst in hosted.instances.values() for c in inst.inputs if c.channel_id.src == sender
+        ]
+        deadline = time.monotonic() + timeout
+        while any(c.broken is None and not c.finished for c in channels) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
 
     async def _peer_moved(self, hosted: HostedJob, instance: str, address: Address) -> None:
         if hosted.services is None:

@@ -27,6 +27,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from engine.state import MemoryState
+
+try:  # the C helper behind Counter.update: counts an iterable into any dict
+    from _collections import _count_elements
+except ImportError:  # pragma: no cover - other Pythons
+
+    def _count_elements(mapping: dict[Any, Any], iterable: Any) -> None:
+        get = mapping.get
+        for k in iterable:
+            mapping[k] = get(k, 0) + 1
+
+
 from operators.base import Operator, OperatorContext, locate_failure
 
 __all__ = ["Count", "CountFinal", "Reduce", "ReduceFinal"]
@@ -74,10 +85,17 @@ class CountFinal(_Keyed):
 
     def process(self, records: Sequence[Any]) -> Sequence[Any]:
         state = self.state
-        cache, dirty, get = state.cache, state.dirty, state.get
-        for k in self._keys(records):
-            cache[k] = (cache[k] if k in cache else get(k, 0)) + 1
-            dirty.add(k)
+        cache, dirty = state.cache, state.dirty
+        keys = self._keys(records)
+        if state.complete:
+            # every key is in the cache: count in C (what Counter.update does) and mark in C
+            _count_elements(cache, keys)
+            dirty.update(keys)
+        else:
+            get = state.get
+            for k in keys:
+                cache[k] = (cache[k] if k in cache else get(k, 0)) + 1
+                dirty.add(k)
         state.trim()
         return ()
 
