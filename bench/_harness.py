@@ -18,7 +18,7 @@ import socket
 import statistics
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,3 +284,24 @@ def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
     print(f"wrote {path}", file=sys.stderr)
+
+
+def read_pairs(out_dir: Path, error: type[Exception]) -> Iterator[tuple[Any, Any]]:
+    """Every ``[a, b]`` line of a FileSink directory's ``part-*.jsonl`` files, parts in name order.
+
+    Raises ``error`` naming the file and line for a line that is not a JSON pair, and when there is
+    no part file at all.
+    """
+    parts = sorted(out_dir.glob("part-*.jsonl"))
+    if not parts:
+        raise error(f"no part-*.jsonl files in {out_dir}")
+    for part in parts:
+        with part.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                try:
+                    a, b = json.loads(line)
+                except ValueError as exc:
+                    raise error(
+                        f"{part}:{number}: expected a JSON [key, value] pair, got {line[:80]!r}"
+                    ) from exc
+                yield a, b

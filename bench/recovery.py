@@ -55,6 +55,7 @@ from _harness import (
     GroupFailed,
     OtherWork,
     machine_info,
+    read_pairs,
     run_group,
     summarize,
     tail,
@@ -92,22 +93,11 @@ def check_output(out_dir: Path, expected: list[int]) -> int:
 
     Returns the number of lines read.
     """
-    parts = sorted(out_dir.glob("part-*.jsonl"))
-    if not parts:
-        raise CheckFailed(f"no part-*.jsonl files in {out_dir}")
     seen: dict[str, list[int]] = {}
     lines = 0
-    for part in parts:
-        with part.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                try:
-                    key, n = json.loads(line)
-                except ValueError as exc:
-                    raise CheckFailed(
-                        f"{part}:{number}: expected a JSON [key, n], got {line[:80]!r}"
-                    ) from exc
-                seen.setdefault(key, []).append(n)
-                lines += 1
+    for key, n in read_pairs(out_dir, CheckFailed):
+        seen.setdefault(key, []).append(n)
+        lines += 1
     duplicated: list[tuple[str, int]] = []
     missing: list[tuple[str, int]] = []
     wrong: list[tuple[str, int]] = []

@@ -59,6 +59,7 @@ from _harness import (
     OtherWork,
     free_loopback_port,
     machine_info,
+    read_pairs,
     run_group,
     summarize,
     tail,
@@ -216,23 +217,12 @@ def count_with_counter(files: list[Path]) -> Counter[str]:
 
 def check_output(out_dir: Path, reference: Counter[str]) -> None:
     """Raise :class:`WrongResult` unless the ``part-*.jsonl`` files hold exactly ``reference``."""
-    parts = sorted(out_dir.glob("part-*.jsonl"))
-    if not parts:
-        raise WrongResult(f"no part-*.jsonl files in {out_dir}")
     got: dict[str, int] = {}
     repeated = []
-    for part in parts:
-        with part.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                try:
-                    word, count = json.loads(line)
-                except ValueError as exc:
-                    raise WrongResult(
-                        f"{part}:{number}: expected a JSON [word, count], got {line[:80]!r}"
-                    ) from exc
-                if word in got:
-                    repeated.append(word)
-                got[word] = got.get(word, 0) + count
+    for word, count in read_pairs(out_dir, WrongResult):
+        if word in got:
+            repeated.append(word)
+        got[word] = got.get(word, 0) + count
     problems = []
     if repeated:
         problems.append(f"{len(repeated)} words written more than once, e.g. {repeated[:5]}")

@@ -236,13 +236,7 @@ class CheckpointStore:
 
     def _scan(self, job_id: str, instance: str) -> list[tuple[int, bool]]:
         """``(id, partial)`` of every checkpoint directory of ``instance``."""
-        directory = self.instance_dir(job_id, instance)
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise StateError(f"cannot list checkpoints in {directory}: {exc}; {_FIX}") from exc
+        names = _list(self.instance_dir(job_id, instance))
         return [(int(m.group(1)), bool(m.group(2))) for m in map(_CHK.match, names) if m]
 
     # -- checkpoints --------------------------------------------------------------------------------
@@ -330,12 +324,7 @@ class CheckpointStore:
         Call it when an instance (re)starts: only one incarnation of an instance runs at a time.
         """
         directory = self.instance_dir(job_id, instance)
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            raise StateError(f"cannot list {directory}: {exc}; {_FIX}") from exc
+        names = _list(directory)
         stale = [
             os.path.join(directory, n)
             for n in sorted(names)
@@ -349,6 +338,16 @@ class CheckpointStore:
         """Delete everything the store holds for ``job_id`` (after the job ended)."""
         _check_component("job id", job_id)
         shutil.rmtree(os.path.join(self.root, job_id), ignore_errors=True)
+
+
+def _list(directory: str) -> list[str]:
+    """The entries of ``directory``; none if it does not exist yet."""
+    try:
+        return os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StateError(f"cannot list {directory}: {exc}; {_FIX}") from exc
 
 
 def _check_component(what: str, name: str) -> None:
