@@ -328,6 +328,7 @@ class LineageFT(FaultTolerance):
         self.states: dict[str, KeyedState] = {}
         self.gate = CommitGate(self)
         self.outlogs: dict[str, OutputLog] = {}
+        self._saved_outputs: dict[str, Any] | None = None  # a restored checkpoint's output logs
         self.senders: list[LineageSender] = []
         self.checkpoint_id = services.store.next_checkpoint_id(services.job_id, name)
         self.last_checkpoint = time.monotonic()
@@ -510,12 +511,14 @@ class LineageFT(FaultTolerance):
         return sender
 
     def _restored_frames(self, key: str) -> list[tuple[int, bytes]]:
-        path = self._outlog_path(self.record.checkpoint_id) if self.record else None
-        if path is None or not os.path.exists(path):
-            return []
-        with open(path, "rb") as f:
-            saved = unpack(f.read())
-        return [(int(seq), bytes(frame)) for seq, frame in saved.get(key, ())]
+        """The frames of channel ``key`` that the checkpoint saved (the file is read once, for all)."""
+        if self._saved_outputs is None:
+            self._saved_outputs = {}
+            path = self._outlog_path(self.record.checkpoint_id) if self.record else None
+            if path is not None and os.path.exists(path):
+                with open(path, "rb") as f:
+                    self._saved_outputs = unpack(f.read())
+        return [(int(seq), bytes(frame)) for seq, frame in self._saved_outputs.pop(key, ())]
 
     def _outlog_path(self, checkpoint_id: int) -> str:
         base = self.services.store.instance_dir(self.services.job_id, self.instance.name)
