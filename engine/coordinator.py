@@ -265,7 +265,7 @@ class Coordinator:
         plan = Plan.of(job, config.parallelism)
         job_id = f"{job.name}-{secrets.token_hex(3)}"
         run = JobRun(job_id, job.name, ref, params, config, plan, secrets.token_bytes(32))
-        if config.ft == "lineage":
+        if config.ft in ("lineage", "wal"):
             run.lineage = self.lineage
         self.jobs[job_id] = run
         self._spawn(self._deploy(run))

@@ -50,7 +50,7 @@ from engine.state import KeyedState
 if TYPE_CHECKING:
     from engine.instance import TaskInstance
 
-__all__ = ["CommitGate", "LineageFT", "LineageSender", "LineageServices", "Recovery"]
+__all__ = ["CommitGate", "LineageFT", "LineageSender", "LineageServices", "Recovery", "WalFT"]
 
 log = logging.getLogger("stashflow.lineage")
 
@@ -118,14 +118,18 @@ class LineageSender(ChannelSender):
     async def send(self, records: Sequence[Any]) -> None:
         seq = self.next_seq
         self.next_seq = seq + 1
-        delta = self.ft.stash.delta_for(self.channel_id.dst)
+        ft = self.ft
+        # write-first (--ft wal) piggybacks nothing: what the batch depends on is durable before it leaves
+        delta = None if ft.write_first else ft.stash.delta_for(self.channel_id.dst)
         frame = encode_batch(Batch(seq, records, lineage=delta))
         self.outlog.append(seq, frame)
-        self.ft.delta_bytes += len(delta) if delta else 0
-        self.ft.frames_sent += 1
+        ft.delta_bytes += len(delta) if delta else 0
+        ft.frames_sent += 1
         if seq <= self.receiver_holds:
             self.suppressed += 1  # a replay regenerated a batch the receiver already holds
             return
+        if ft.write_first and not ft.replaying:
+            await ft.wait_committed(ft.log.end)
         async with self._lock:
             await self._deliver(frame, len(records))
 
@@ -306,6 +310,8 @@ class LineageFT(FaultTolerance):
     """Mode ``lineage``: causal logging with stashes, independent checkpoints, single-instance recovery."""
 
     mode = "lineage"
+    #: write-first logging (:class:`WalFT`): a batch leaves only once its causal past is in the GCS
+    write_first = False
 
     def __init__(self, instance: TaskInstance, services: LineageServices, recovery: Recovery | None = None):
         super().__init__(instance)
@@ -339,6 +345,8 @@ class LineageFT(FaultTolerance):
         self.checkpoints_taken = 0
         self.checkpoint_ms: float | None = None
         self._log_dirty = asyncio.Event()
+        self._committed_changed = asyncio.Event()
+        self.commit_wait_s = 0.0  # time the loop spent waiting for the GCS (write-first only)
         self._flusher: asyncio.Task[None] | None = None
 
     # -- state and sinks (wired into the operator contexts) -----------------------------------------
@@ -587,6 +595,19 @@ class LineageFT(FaultTolerance):
                 committed[name] = pos
         self.stash.commit(positions)
         self.gate.release()
+        self._committed_changed.set()
+
+    async def wait_committed(self, position: int) -> None:
+        """Wait until this instance's own log is committed up to ``position`` (write-first logging)."""
+        name = self.instance.name
+        if self.committed.get(name, 0) >= position:
+            return
+        began = time.perf_counter()
+        while self.committed.get(name, 0) < position:
+            self._committed_changed.clear()
+            self._mark_dirty()
+            await self._committed_changed.wait()
+        self.commit_wait_s += time.perf_counter() - began
 
     def on_checkpoint_complete(self, checkpoint_id: int) -> None:
         position = self.pending_checkpoints.pop(checkpoint_id, None)
@@ -638,6 +659,21 @@ class LineageFT(FaultTolerance):
             "checkpoints": self.checkpoints_taken,
             "checkpoint_ms": self.checkpoint_ms,
             "held_sink_batches": len(self.gate.held),
+            "commit_wait_s": round(self.commit_wait_s, 4),
             "replaying": self.replaying,
             "replayed_batches": self.replayed_batches,
         }
+
+
+class WalFT(LineageFT):
+    """Mode ``wal``, the write-first baseline (DESIGN.md §8): determinants reach the GCS before the outputs
+    that depend on them leave the instance, so nothing is piggybacked and recovery reads the GCS alone.
+
+    The same runtime as :class:`LineageFT` with one difference on the critical path: every batch sent
+    waits until the instance's log up to that batch is committed, a storage round trip per message (the
+    cost the lineage stash takes off the path). Upstream determinants need no wait: by the same rule
+    they were committed before their batches were sent here.
+    """
+
+    mode = "wal"
+    write_first = True

@@ -118,6 +118,10 @@ class LineageCoordinator:
             del lineage.lag_ms[:-2000]
         if committed > lineage.committed.get(inst, 0):
             lineage.committed[inst] = committed
+            if run.config.ft == "wal":  # the writer is waiting for exactly this acknowledgment
+                await self.coord.send_to_instance(
+                    run, inst, {"type": "commit", "job": run.job_id, "positions": {inst: committed}}
+                )
             self._schedule_broadcast(run, lineage)
             await self._complete_checkpoints(run, lineage)
 

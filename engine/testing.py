@@ -83,7 +83,7 @@ async def arun(
         if not index.isdigit() or int(index) >= plan.task_of_step(step).parallelism:
             raise ParameterError(f"kill_after: {name!r} is not an instance of this job (e.g. 'count/0')")
     slots = len(plan.instances())
-    async with Coordinator(port=0) as coord:
+    async with Coordinator(port=0, gcs_delay_ms=config.gcs_delay_ms) as coord:
         worker = Worker(
             coord.url, slots=slots, heartbeat_s=0.2, data_dir=os.path.join(coord.data_dir, "worker")
         )

@@ -43,7 +43,7 @@ from engine.data_server import DataServer
 from engine.errors import StashflowError
 from engine.fault_tolerance import FaultTolerance
 from engine.instance import InjectedCrash, TaskInstance
-from engine.lineage import LineageFT, LineageServices, Recovery
+from engine.lineage import LineageFT, LineageServices, Recovery, WalFT
 from engine.loader import JobRef, load_job
 from engine.plan import Plan
 
@@ -281,14 +281,15 @@ class Worker:
                 job = load_job(JobRef.from_dict(msg["ref"]), msg["params"])
                 plan = Plan.of(job, config.parallelism)
                 hosted = HostedJob(job_id, plan, msg["secret"], config)
-                if config.ft == "lineage":
+                if config.ft in ("lineage", "wal"):
                     hosted.services = LineageServices(
                         job_id=job_id,
                         store=CheckpointStore(self.data_dir),
                         send=self._send,
                         depth=config.ft_depth,
                         checkpoint_interval=config.checkpoint_interval,
-                        log_flush_s=config.log_flush_ms / 1000.0,
+                        # write-first ships each determinant at once: batches wait for it
+                        log_flush_s=0.0 if config.ft == "wal" else config.log_flush_ms / 1000.0,
                     )
                 self.jobs[job_id] = hosted
             for name, address in (msg.get("addresses") or {}).items():
@@ -310,9 +311,10 @@ class Worker:
         services = hosted.services
         factory: Any = FaultTolerance
         if services is not None:
+            mode = WalFT if hosted.config.ft == "wal" else LineageFT
 
             def factory(inst: TaskInstance) -> FaultTolerance:
-                return LineageFT(inst, services, recovery)
+                return mode(inst, services, recovery)
 
         inst = TaskInstance(
             job_id=hosted.job_id,

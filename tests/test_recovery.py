@@ -20,7 +20,7 @@ import pytest
 import union_count
 from support import ROOT, read_jsonl
 
-from connectors import CollectSink, GeneratorSource
+from connectors import CollectSink, GeneratorSource, ListSource
 from engine import Job
 from engine.testing import run
 
@@ -93,6 +93,13 @@ def test_kill_the_same_instance_twice(tmp_path: Path):
     assert result["instances"]["count/0"]["restarts"] == 2
 
 
+def test_write_first_mode_recovers_exactly_once(tmp_path: Path):
+    result = run_killing(tmp_path, ["merge/0@0.5"], "--ft", "wal")
+    assert restarted(result["instances"]) == {"merge/0"}
+    rec = result["instances"]["merge/0"]["recoveries"][0]
+    assert rec["log_entries_from_stashes"] == 0  # write-first: the GCS holds everything anyone depends on
+
+
 def test_unbounded_forwarding_depth(tmp_path: Path):
     result = run_killing(tmp_path, ["merge/1@0.5"], "--ft-depth", "-1")
     assert restarted(result["instances"]) == {"merge/1"}
@@ -132,6 +139,31 @@ def test_in_process_kills_are_exactly_once(kill_after: dict):
         if name.startswith("write/") or name.startswith("split/"):
             continue  # chained: they share count's / merge's task
         assert m["restarts"] == expected, (name, m["restarts"], expected)
+
+
+@pytest.mark.parametrize("ft", ["lineage", "wal"])
+def test_in_process_kill_in_each_recovering_mode(ft: str):
+    sink = CollectSink()
+    result = run(
+        union_job(2000, sink), ft=ft, batch_size=50, checkpoint_interval=0.05, kill_after={"count/1": 1500}
+    )
+    assert_exactly_once(sink.records, 2000)
+    assert result.instances["count/1"]["restarts"] == 1
+
+
+def test_write_first_waits_for_storage_and_lineage_does_not():
+    """--ft wal puts a GCS round trip before every batch leaves; the lineage stash puts none."""
+    waits = {}
+    for ft in ("wal", "lineage"):
+        job = Job(f"wait_{ft}")
+        job.source("nums", ListSource(list(range(2000)))).map("inc", lambda x: x + 1).rebalance().sink(
+            "out", CollectSink()
+        )
+        result = run(job, ft=ft, batch_size=100, gcs_delay_ms=10)
+        waits[ft] = result.instances["inc/0"]["commit_wait_s"]
+    # 20 batches sent, each after a >= 10 ms acknowledgment (group commit may share some)
+    assert waits["wal"] >= 0.1, waits
+    assert waits["lineage"] == 0.0, waits
 
 
 def test_replay_recovers_nondeterministic_ctx_values():
