@@ -40,10 +40,10 @@ class ChannelSender:
         self.channel_id = channel_id
         self.next_seq = 1
 
-    async def send(self, records: Sequence[Any]) -> None:
+    async def send(self, records: Sequence[Any], ingest_ns: int | None = None) -> None:
         seq = self.next_seq
         self.next_seq = seq + 1
-        await self.channel.send(Batch(seq, records))
+        await self.channel.send(Batch(seq, records, ingest_ns=ingest_ns))
 
     async def send_eos(self) -> None:
         await self.channel.send_eos()

@@ -34,6 +34,7 @@ from engine.data_server import DataServer
 from engine.dsl import Step
 from engine.errors import ProtocolError, SerializationError, UserFunctionError, short_repr
 from engine.fault_tolerance import ChannelSender, FaultTolerance
+from engine.metrics import BatchStamp
 from engine.output_channel import OutputChannel, connect
 from engine.partition import HashPartitioner, RoundRobinPartitioner
 from engine.plan import ChannelId, Plan, Task, TaskOutput
@@ -164,6 +165,8 @@ class OutputRouter:
         self.batch_size = batch_size
         self.owner = owner  # the last step of the chain: the one whose records these are
         self.buffers: list[list[Any]] = [[] for _ in senders]
+        #: per buffer, the ingestion stamp of its oldest record (engine.metrics)
+        self.ingest: list[int | None] = [None] * len(senders)
         n = len(senders)
         self.partitioner: HashPartitioner | RoundRobinPartitioner | None
         if n == 1:
@@ -174,10 +177,12 @@ class OutputRouter:
         else:
             self.partitioner = RoundRobinPartitioner(n)
 
-    def add(self, records: Sequence[Any]) -> bool:
-        """Buffer ``records``; True if some buffer is now full."""
+    def add(self, records: Sequence[Any], ingest_ns: int | None = None) -> bool:
+        """Buffer ``records`` (stamped ``ingest_ns``); True if some buffer is now full."""
         if self.partitioner is None:
             buf = self.buffers[0]
+            if not buf:
+                self.ingest[0] = ingest_ns
             buf.extend(records)
             return len(buf) >= self.batch_size
         try:
@@ -190,8 +195,10 @@ class OutputRouter:
             keyed = OperatorContext(self.keyed_step, f"{self.owner.instance}, routing", self.owner.index, 0)
             raise locate_failure(keyed, self.output.key_fn, records, exc) from None
         full = False
-        for buf, part in zip(self.buffers, parts, strict=True):
+        for j, (buf, part) in enumerate(zip(self.buffers, parts, strict=True)):
             if part:
+                if not buf:
+                    self.ingest[j] = ingest_ns
                 buf.extend(part)
                 full = full or len(buf) >= self.batch_size
         return full
@@ -214,7 +221,7 @@ class OutputRouter:
 
     async def _send(self, j: int, records: list[Any]) -> None:
         try:
-            await self.senders[j].send(records)
+            await self.senders[j].send(records, self.ingest[j])
         except SerializationError as exc:
             raise SerializationError(
                 f"step {self.owner.step.name!r} (instance {self.owner.instance}) emitted a record for step "
@@ -283,8 +290,11 @@ class TaskInstance:
         self.state = "created"
         self.ft = ft_factory(self)
         opener, gate = self.ft.state_opener(), self.ft.output_gate()
+        #: the ingestion stamp of the batch being processed; sinks record end-to-end latency with it
+        self.stamp = BatchStamp()
         self.contexts = [
-            OperatorContext(s, f"{s.name}/{index}", index, task.parallelism, opener, gate) for s in task.steps
+            OperatorContext(s, f"{s.name}/{index}", index, task.parallelism, opener, gate, self.stamp)
+            for s in task.steps
         ]
         self.ops = [operators.create(c) for c in self.contexts]
         self.metrics = [StepMetrics() for _ in self.ops]
@@ -453,6 +463,7 @@ class TaskInstance:
         # RECV(index): the stash ingests the batch's lineage before the batch is processed
         self.ft.on_recv(index, batch)
         self.consumed[index] = batch.seq
+        self.stamp.ingest_ns = batch.ingest_ns
         self.batches_in += 1
         await self._emit(self._run_chain(batch.records))
         self._count_records(len(batch.records))
@@ -490,6 +501,7 @@ class TaskInstance:
     async def _process_source(self, offset: Any, records: Sequence[Any]) -> None:
         # SOURCE(offset, count): where the reader cut this batch, so a replay re-reads the same one
         self.ft.on_source(offset, len(records))
+        self.stamp.ingest_ns = time.time_ns()
         self.batches_in += 1
         await self._emit(self._run_chain(records))
         self._count_records(len(records))
@@ -560,8 +572,9 @@ class TaskInstance:
     async def _emit(self, records: Sequence[Any]) -> None:
         if not records or not self.routers:
             return
+        ingest = self.stamp.ingest_ns
         for router in self.routers:
-            if router.add(records):
+            if router.add(records, ingest):
                 await router.send_full()
         if self._flush_deadline is None and not self.ft.replaying and any(r.buffered for r in self.routers):
             self._flush_deadline = time.monotonic() + self._flush_s
@@ -585,6 +598,10 @@ class TaskInstance:
 
     # -- observability -------------------------------------------------------------------------------
 
+    def _latency(self) -> dict[str, Any]:
+        has_sink = any(c.step.kind == "sink" for c in self.contexts)
+        return {"latency": self.stamp.latency.summary()} if has_sink else {}
+
     def statistics(self) -> InstanceStatistics:
         batches_out = bytes_out = 0
         backpressure = 0.0
@@ -607,5 +624,5 @@ class TaskInstance:
             backpressure_s=backpressure,
             started_at=self.started_at,
             finished_at=self.finished_at,
-            extra=self.ft.statistics(),
+            extra={**self.ft.statistics(), **self._latency()},
         )

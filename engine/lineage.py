@@ -42,6 +42,7 @@ from engine.codec import FRAME_HEADER_BYTES, Batch, decode_batch, encode_batch, 
 from engine.connector import SinkWriter
 from engine.errors import ChannelBroken, ChannelError, ProtocolError
 from engine.fault_tolerance import ChannelSender, FaultTolerance
+from engine.metrics import BatchStamp
 from engine.output_channel import OutputChannel, OutputChannelStatistics
 from engine.output_log import OutputLog
 from engine.stash import Stash
@@ -115,13 +116,13 @@ class LineageSender(ChannelSender):
     def key(self) -> str:
         return f"{self.channel_id.dst}#{self.channel_id.index}"
 
-    async def send(self, records: Sequence[Any]) -> None:
+    async def send(self, records: Sequence[Any], ingest_ns: int | None = None) -> None:
         seq = self.next_seq
         self.next_seq = seq + 1
         ft = self.ft
         # write-first (--ft wal) piggybacks nothing: what the batch depends on is durable before it leaves
         delta = None if ft.write_first else ft.stash.delta_for(self.channel_id.dst)
-        frame = encode_batch(Batch(seq, records, lineage=delta))
+        frame = encode_batch(Batch(seq, records, lineage=delta, ingest_ns=ingest_ns))
         self.outlog.append(seq, frame)
         ft.delta_bytes += len(delta) if delta else 0
         ft.frames_sent += 1
@@ -182,9 +183,8 @@ class LineageSender(ChannelSender):
         for seq, frame in self.outlog.frames_after(holds):
             batch = decode_batch(memoryview(frame)[FRAME_HEADER_BYTES:])
             delta = self.ft.stash.delta_for(self.channel_id.dst) if resent == 0 else None
-            await self.channel.send_frame(
-                encode_batch(Batch(seq, batch.records, lineage=delta)), len(batch.records)
-            )
+            resend = Batch(seq, batch.records, lineage=delta, ingest_ns=batch.ingest_ns)
+            await self.channel.send_frame(encode_batch(resend), len(batch.records))
             resent += 1
         return resent
 
@@ -265,19 +265,24 @@ class CommitGate:
 
     def __init__(self, ft: LineageFT):
         self.ft = ft
-        self.held: deque[tuple[dict[str, int], SinkWriter, Sequence[Any]]] = deque()
+        self.held: deque[tuple[dict[str, int], SinkWriter, Sequence[Any], int | None]] = deque()
+        self.stamp: BatchStamp | None = None
         self.drained = asyncio.Event()
         self.drained.set()
         self.below_limit = asyncio.Event()
         self.below_limit.set()
         self.max_held = 0
 
-    def hold(self, writer: SinkWriter, records: Sequence[Any]) -> None:
+    def hold(self, writer: SinkWriter, records: Sequence[Any], stamp: BatchStamp | None) -> None:
         frontier = self.ft.stash.frontier()
+        ingest = stamp.ingest_ns if stamp is not None else None
+        self.stamp = stamp
         if not self.held and Stash.satisfied(frontier, self.ft.committed):
             writer.write_batch(records)
+            if stamp is not None:
+                stamp.latency.record(ingest)
             return
-        self.held.append((frontier, writer, records))
+        self.held.append((frontier, writer, records, ingest))
         self.max_held = max(self.max_held, len(self.held))
         self.drained.clear()
         if len(self.held) >= self.LIMIT:
@@ -286,8 +291,10 @@ class CommitGate:
     def release(self) -> None:
         held, committed = self.held, self.ft.committed
         while held and Stash.satisfied(held[0][0], committed):
-            _, writer, records = held.popleft()
+            _, writer, records, ingest = held.popleft()
             writer.write_batch(records)
+            if self.stamp is not None:
+                self.stamp.latency.record(ingest)
         if len(held) < self.LIMIT:
             self.below_limit.set()
         if not held:
@@ -296,12 +303,12 @@ class CommitGate:
     def snapshot(self) -> list[tuple[dict[str, int], int, Sequence[Any]]]:
         """Held batches belong to a checkpoint: they were processed before it but not yet written."""
         writers = {id(w): i for i, w in enumerate(self.ft.sink_writers())}
-        return [(f, writers[id(w)], r) for f, w, r in self.held]
+        return [(f, writers[id(w)], r) for f, w, r, _ in self.held]
 
     def restore(self, held: Sequence[Any]) -> None:
         writers = self.ft.sink_writers()
         for frontier, index, records in held:
-            self.held.append((dict(frontier), writers[index], records))
+            self.held.append((dict(frontier), writers[index], records, None))
         if self.held:
             self.drained.clear()
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from engine.connector import SinkWriter
 from engine.dsl import Step
 from engine.errors import UserFunctionError
+from engine.metrics import BatchStamp
 
 __all__ = ["Operator", "OperatorContext", "describe_function", "describe_raiser", "locate_failure"]
 
@@ -30,7 +31,7 @@ __all__ = ["Operator", "OperatorContext", "describe_function", "describe_raiser"
 class OutputGate(Protocol):
     """Holds a sink's output until its causal past is committed (the output-commit rule, DESIGN.md §5.5)."""
 
-    def hold(self, writer: SinkWriter, records: Sequence[Any]) -> None: ...
+    def hold(self, writer: SinkWriter, records: Sequence[Any], stamp: BatchStamp | None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class OperatorContext:
     parallelism: int
     open_state: Callable[[str], Any] | None = None
     output_gate: OutputGate | None = None
+    stamp: BatchStamp | None = None
 
 
 def describe_function(fn: Callable[..., Any]) -> str:

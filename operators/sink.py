@@ -27,10 +27,13 @@ class SinkOperator(Operator):
 
     def process(self, records: Sequence[Any]) -> Sequence[Any]:
         if records:
-            if self.gate is None:
-                self.writer.write_batch(records)
+            stamp = self.ctx.stamp
+            if self.gate is not None:
+                self.gate.hold(self.writer, records, stamp)
             else:
-                self.gate.hold(self.writer, records)
+                self.writer.write_batch(records)
+                if stamp is not None:
+                    stamp.latency.record(stamp.ingest_ns)
         return ()
 
     def finish(self) -> Sequence[Any]:
