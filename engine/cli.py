@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -199,8 +200,9 @@ async def _run_local(
     kills: list[tuple[str, float]],
 ) -> JobRun:
     level = logging.getLevelName(logging.getLogger().level)
-    launcher = LocalLauncher(log_level=str(level))
-    async with Coordinator(port=0, launcher=launcher, gcs_delay_ms=config.gcs_delay_ms) as coord:
+    token = secrets.token_hex(16)  # only this run's workers can register
+    launcher = LocalLauncher(log_level=str(level), token=token)
+    async with Coordinator(port=0, launcher=launcher, gcs_delay_ms=config.gcs_delay_ms, token=token) as coord:
         run = coord.submit(ref, params, config)
 
         async def kill_later(instance: str, seconds: float) -> None:
@@ -262,12 +264,26 @@ def _write_metrics(path: str, status: dict[str, Any]) -> None:
     show_default=True,
     help="seconds of silence after which a worker is declared dead and its instances recover",
 )
+@click.option(
+    "--token", default=None, envvar="STASHFLOW_TOKEN", help="secret workers and clients must present"
+)
 def coordinator(
-    host: str, port: int, data_dir: str | None, gcs_delay_ms: float, heartbeat_timeout: float
+    host: str,
+    port: int,
+    data_dir: str | None,
+    gcs_delay_ms: float,
+    heartbeat_timeout: float,
+    token: str | None,
 ) -> None:
     """Run the coordinator (HTTP API, worker control, the GCS) until interrupted."""
     if data_dir:
         os.makedirs(data_dir, exist_ok=True)
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            f"stashflow: warning: the coordinator listens on {host} without --token: anyone who reaches it "
+            "can register a worker or submit jobs; set --token or STASHFLOW_TOKEN",
+            err=True,
+        )
 
     async def serve() -> None:
         async with Coordinator(
@@ -276,6 +292,7 @@ def coordinator(
             data_dir=data_dir,
             gcs_delay_ms=gcs_delay_ms,
             heartbeat_timeout=heartbeat_timeout,
+            token=token,
         ) as coord:
             click.echo(f"stashflow: coordinator at {coord.url}", err=True)
             await asyncio.Event().wait()
@@ -305,6 +322,7 @@ def coordinator(
 @click.option(
     "--connect-timeout", default=30.0, type=float, envvar="STASHFLOW_CONNECT_TIMEOUT", show_default=True
 )
+@click.option("--token", default=None, envvar="STASHFLOW_TOKEN", help="the coordinator's --token")
 @click.option("--exit-when-done", is_flag=True, hidden=True)
 def worker(url: str, slots: int, **options: Any) -> None:
     """Run a worker that hosts instances for the coordinator at URL."""
@@ -320,11 +338,15 @@ def worker(url: str, slots: int, **options: Any) -> None:
         _die(str(exc), 1)
 
 
-def _api(url: str, method: str, path: str, body: Any = None) -> Any:
+def _api(url: str, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+
     async def call() -> Any:
         async with aiohttp.ClientSession() as session:
             try:
-                async with session.request(method, url.rstrip("/") + path, json=body) as resp:
+                async with session.request(
+                    method, url.rstrip("/") + path, json=body, headers=headers
+                ) as resp:
                     data = await resp.json()
                     if resp.status >= 400:
                         raise CoordinatorError(data.get("error", f"HTTP {resp.status}"))
@@ -335,9 +357,16 @@ def _api(url: str, method: str, path: str, body: Any = None) -> Any:
     return asyncio.run(call())
 
 
-_coordinator_option = click.option(
-    "--coordinator", "url", default="http://127.0.0.1:8081", envvar="STASHFLOW_COORDINATOR", show_default=True
-)
+def _coordinator_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--coordinator URL`` and ``--token``, for the commands that talk to a running coordinator."""
+    fn = click.option("--token", default=None, envvar="STASHFLOW_TOKEN", help="the coordinator's --token")(fn)
+    return click.option(
+        "--coordinator",
+        "url",
+        default="http://127.0.0.1:8081",
+        envvar="STASHFLOW_COORDINATOR",
+        show_default=True,
+    )(fn)
 
 
 @cli.command()
@@ -345,7 +374,9 @@ _coordinator_option = click.option(
 @_job_options
 @_coordinator_option
 @click.option("--wait/--detach", default=True, show_default=True, help="wait for the job to end")
-def submit(job: str, params: tuple[str, ...], url: str, wait: bool, **settings: Any) -> None:
+def submit(
+    job: str, params: tuple[str, ...], url: str, token: str | None, wait: bool, **settings: Any
+) -> None:
     """Submit JOB to a running coordinator (the job file's text is sent along)."""
     try:
         ref = JobRef.parse(job)
@@ -354,14 +385,14 @@ def submit(job: str, params: tuple[str, ...], url: str, wait: bool, **settings: 
             "params": parse_params(params),
             "config": JobConfig(**settings).to_dict(),
         }
-        job_id = _api(url, "POST", "/jobs", body)["job"]
+        job_id = _api(url, "POST", "/jobs", body, token)["job"]
     except (*BAD_INPUT, CoordinatorError) as exc:
         _die(str(exc), 2)
     click.echo(job_id)
     if not wait:
         return
     while True:
-        status = _api(url, "GET", f"/jobs/{job_id}")
+        status = _api(url, "GET", f"/jobs/{job_id}", token=token)
         if status["state"] in ("finished", "failed", "canceled"):
             break
         time.sleep(0.2)
@@ -375,10 +406,10 @@ def submit(job: str, params: tuple[str, ...], url: str, wait: bool, **settings: 
 @cli.command()
 @click.argument("job_id", required=False)
 @_coordinator_option
-def status(job_id: str | None, url: str) -> None:
+def status(job_id: str | None, url: str, token: str | None) -> None:
     """Show every job, or one job's status and per-instance metrics as JSON."""
     try:
-        data = _api(url, "GET", f"/jobs/{job_id}" if job_id else "/jobs")
+        data = _api(url, "GET", f"/jobs/{job_id}" if job_id else "/jobs", token=token)
     except CoordinatorError as exc:
         _die(str(exc), 2)
     click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -387,10 +418,10 @@ def status(job_id: str | None, url: str) -> None:
 @cli.command()
 @click.argument("job_id")
 @_coordinator_option
-def cancel(job_id: str, url: str) -> None:
+def cancel(job_id: str, url: str, token: str | None) -> None:
     """Cancel a running job."""
     try:
-        data = _api(url, "POST", f"/jobs/{job_id}/cancel")
+        data = _api(url, "POST", f"/jobs/{job_id}/cancel", token=token)
     except CoordinatorError as exc:
         _die(str(exc), 2)
     click.echo(f"{job_id}: {data['state']}")
@@ -400,10 +431,10 @@ def cancel(job_id: str, url: str) -> None:
 @click.argument("instance")
 @click.option("--job", "job_id", required=True, help="the job id (`stashflow status` lists them)")
 @_coordinator_option
-def kill(instance: str, job_id: str, url: str) -> None:
+def kill(instance: str, job_id: str, url: str, token: str | None) -> None:
     """Kill the process hosting step instance INSTANCE (e.g. count/1) of a running job."""
     try:
-        data = _api(url, "POST", f"/jobs/{job_id}/kill", {"instance": instance})
+        data = _api(url, "POST", f"/jobs/{job_id}/kill", {"instance": instance}, token)
     except CoordinatorError as exc:
         _die(str(exc), 2)
     click.echo(data["message"])

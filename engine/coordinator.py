@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import secrets
@@ -35,7 +36,7 @@ from aiohttp import WSMsgType, web
 
 from engine.codec import pack, unpack
 from engine.config import JobConfig
-from engine.errors import CoordinatorError, JobDefinitionError, JobLoadError, ParameterError
+from engine.errors import CoordinatorError, JobDefinitionError, JobLoadError, ParameterError, ProtocolError
 from engine.gcs_backends import RocksGCS
 from engine.launcher import LocalLauncher
 from engine.loader import JobRef, load_job
@@ -176,6 +177,7 @@ class Coordinator:
         data_dir: str | None = None,
         gcs_delay_ms: float = 0.0,
         heartbeat_timeout: float = 3.0,
+        token: str | None = None,
     ):
         self.host = host
         self.port = port
@@ -187,6 +189,8 @@ class Coordinator:
         self.gcs_delay_ms = gcs_delay_ms
         #: a worker silent for this long is declared dead (its process may be alive but cut off)
         self.heartbeat_timeout = heartbeat_timeout
+        #: the shared secret workers and clients present (``Authorization: Bearer``); None: no check
+        self.token = token
         self.gcs: RocksGCS | None = None
         self.lineage: LineageCoordinator | None = None
         self.jobs: dict[str, JobRun] = {}
@@ -194,7 +198,7 @@ class Coordinator:
         self._workers_changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self._bg: set[asyncio.Task[Any]] = set()
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[self._authenticate])
         self.app.add_routes(
             [
                 web.get("/health", self._h_health),
@@ -206,6 +210,29 @@ class Coordinator:
                 web.get("/ws/worker", self._h_worker),
             ]
         )
+
+    # -- authentication -------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Every endpoint but ``/health`` needs the token: a stray client must not register as a worker
+        (it would receive job code and channel secrets) nor submit, cancel or kill jobs."""
+        if self.token is None or request.path == "/health":
+            response: web.StreamResponse = await handler(request)
+            return response
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.token}".encode()):
+            peer = request.remote or "?"
+            log.warning("coordinator: refused %s %s from %s: %s", request.method, request.path, peer,
+                        "no token" if not given else "wrong token")  # fmt: skip
+            return web.json_response(
+                {"error": f"coordinator refused {request.method} {request.path}: "
+                          f"{'no' if not given else 'wrong'} token; pass --token or set STASHFLOW_TOKEN "
+                          "to the coordinator's"},
+                status=401,
+            )  # fmt: skip
+        response = await handler(request)
+        return response
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -549,8 +576,14 @@ class Coordinator:
             async for msg in ws:
                 if msg.type != WSMsgType.BINARY:
                     continue
-                data = unpack(msg.data)
-                if data["type"] == "register":
+                try:
+                    data = unpack(msg.data)
+                    kind = data["type"]
+                except (ProtocolError, KeyError, TypeError) as exc:
+                    log.warning("coordinator: dropped control connection from %s: malformed message (%s)",
+                                request.remote, exc)  # fmt: skip
+                    break
+                if kind == "register":
                     conn = WorkerConn(
                         data["worker"],
                         ws,
@@ -565,7 +598,12 @@ class Coordinator:
                         self._workers_changed.notify_all()
                 elif conn is not None:
                     conn.last_seen = time.monotonic()
-                    await self._on_worker_message(conn, data)
+                    try:
+                        await self._on_worker_message(conn, data)
+                    except (KeyError, TypeError, ValueError) as exc:
+                        log.warning("coordinator: dropped worker %s: malformed %r message (%s: %s)",
+                                    conn.worker_id, kind, type(exc).__name__, exc)  # fmt: skip
+                        break
         finally:
             if conn is not None:
                 self.workers.pop(conn.worker_id, None)

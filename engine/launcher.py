@@ -23,10 +23,18 @@ log = logging.getLogger("stashflow.launcher")
 class LocalLauncher:
     """Starts, kills and reaps pinned worker processes on this machine."""
 
-    def __init__(self, *, host: str = "127.0.0.1", log_level: str = "WARNING", data_dir: str | None = None):
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        log_level: str = "WARNING",
+        data_dir: str | None = None,
+        token: str | None = None,
+    ):
         self.host = host
         self.log_level = log_level
         self.data_dir = data_dir
+        self.token = token
         self.procs: dict[tuple[str, str], asyncio.subprocess.Process] = {}
 
     async def launch(self, coordinator_url: str, job_id: str, instances: list[str]) -> None:
@@ -38,6 +46,8 @@ class LocalLauncher:
         # the worker must import the same engine as we do, whatever its cwd
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if self.token:
+            env["STASHFLOW_TOKEN"] = self.token  # in the environment, not on a command line `ps` shows
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,10 +84,10 @@ async def arun(
         if not index.isdigit() or int(index) >= plan.task_of_step(step).parallelism:
             raise ParameterError(f"kill_after: {name!r} is not an instance of this job (e.g. 'count/0')")
     slots = len(plan.instances())
-    async with Coordinator(port=0, gcs_delay_ms=config.gcs_delay_ms) as coord:
-        worker = Worker(
-            coord.url, slots=slots, heartbeat_s=0.2, data_dir=os.path.join(coord.data_dir, "worker")
-        )
+    token = secrets.token_hex(16)  # the run's own worker only
+    async with Coordinator(port=0, gcs_delay_ms=config.gcs_delay_ms, token=token) as coord:
+        data_dir = os.path.join(coord.data_dir, "worker")
+        worker = Worker(coord.url, slots=slots, heartbeat_s=0.2, data_dir=data_dir, token=token)
         serving = asyncio.create_task(worker.run())
         try:
             jobrun = coord.submit(register_in_process(job), {}, config)

@@ -100,6 +100,7 @@ class Worker:
         worker_id: str | None = None,
         connect_timeout: float = 30.0,
         data_dir: str | None = None,
+        token: str | None = None,
     ):
         self.coordinator_url = coordinator_url.rstrip("/")
         self.host = host
@@ -110,6 +111,7 @@ class Worker:
         self.exit_when_done = exit_when_done
         self.heartbeat_s = heartbeat_s
         self.connect_timeout = connect_timeout
+        self.token = token
         #: where checkpoints and spilled output logs go; a restarted instance must be able to read its
         #: predecessor's checkpoints here, so in a cluster this is a shared volume
         self.data_dir = data_dir or os.path.join(tempfile.gettempdir(), "stashflow")
@@ -173,7 +175,18 @@ class Worker:
         delay = 0.05
         while True:
             try:
-                return await session.ws_connect(url, heartbeat=10.0, max_msg_size=64 * 1024 * 1024)
+                headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+                return await session.ws_connect(
+                    url, heartbeat=10.0, max_msg_size=64 * 1024 * 1024, headers=headers
+                )
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status == 401:
+                    raise StashflowError(
+                        f"worker {self.worker_id}: the coordinator at {self.coordinator_url} refused our "
+                        f"{'token' if self.token else 'registration without a token'}; pass the coordinator's "
+                        "--token (or STASHFLOW_TOKEN)"
+                    ) from None
+                raise
             except (aiohttp.ClientError, OSError) as exc:
                 if time.monotonic() + delay > deadline:
                     raise StashflowError(

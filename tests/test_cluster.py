@@ -29,6 +29,7 @@ import union_count
 from support import ROOT, read_jsonl
 
 WORKER_HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+TOKEN = "cluster-test-token"
 
 
 def free_port(host: str) -> int:
@@ -62,7 +63,16 @@ class Cluster:
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def submit(self, out: Path, n: int, rate: int) -> subprocess.Popen[bytes]:
-        args = ["submit", "jobs/union_count.py", "--coordinator", self.url, "--parallelism", "3"]
+        args = [
+            "submit",
+            "jobs/union_count.py",
+            "--coordinator",
+            self.url,
+            "--token",
+            TOKEN,
+            "--parallelism",
+            "3",
+        ]
         args += [
             "-P",
             f"sentences={n}",
@@ -77,7 +87,10 @@ class Cluster:
 
     def status(self, job_id: str) -> dict:
         proc = subprocess.run(
-            stashflow("status", job_id, "--coordinator", self.url), capture_output=True, timeout=30, cwd=ROOT
+            stashflow("status", job_id, "--coordinator", self.url, "--token", TOKEN),
+            capture_output=True,
+            timeout=30,
+            cwd=ROOT,
         )
         return json.loads(proc.stdout)
 
@@ -111,7 +124,15 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         procs.append(
             subprocess.Popen(
                 stashflow(
-                    "coordinator", "--host", "127.0.0.1", "--port", str(port), "--heartbeat-timeout", "1.5"
+                    "coordinator",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--heartbeat-timeout",
+                    "1.5",
+                    "--token",
+                    TOKEN,
                 ),
                 stdout=subprocess.DEVNULL,
                 stderr=log_file("coordinator.log"),
@@ -121,11 +142,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         for host in WORKER_HOSTS:
             proc = subprocess.Popen(
                 stashflow("worker", "--host", host, "--data-port", str(c.data_ports[host]), "--slots", "6"),
-                # the env var forms of --coordinator and --data-dir
+                # the env var forms of --coordinator, --data-dir and --token
                 env={
                     **os.environ,
                     "STASHFLOW_COORDINATOR": c.url,
                     "STASHFLOW_DATA_DIR": str(tmp_path / "data"),
+                    "STASHFLOW_TOKEN": TOKEN,
                 },
                 stdout=subprocess.DEVNULL,
                 stderr=log_file(f"worker-{host}.log"),

@@ -148,6 +148,7 @@ def test_worker_is_configured_by_environment(services: dict[str, Any], name: str
         "STASHFLOW_DATA_PORT": "6100",
         "STASHFLOW_SLOTS": "4",
         "STASHFLOW_DATA_DIR": "/data",
+        "STASHFLOW_TOKEN": "change-me",
     }
     assert [str(port) for port in worker["expose"]] == ["6100"]
     assert not worker.get("ports"), "workers talk over the compose network; nothing is published"
