@@ -48,14 +48,11 @@ async def test_a_malformed_control_message_drops_that_connection_only(caplog: py
     caplog.set_level(logging.WARNING, "stashflow.coordinator")
     async with Coordinator(port=0, token=TOKEN) as coord:
         headers = {"Authorization": f"Bearer {TOKEN}"}
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(coord.url + "/ws/worker", headers=headers) as ws:
-                await ws.send_bytes(b"\xc1 not msgpack")
-                msg = await ws.receive(timeout=5)
-                assert msg.type in (
-                    aiohttp.WSMsgType.CLOSE,
-                    aiohttp.WSMsgType.CLOSED,
-                    aiohttp.WSMsgType.CLOSING,
-                )
+        url = coord.url + "/ws/worker"
+        async with aiohttp.ClientSession() as session, session.ws_connect(url, headers=headers) as ws:
+            await ws.send_bytes(b"\xc1 not msgpack")
+            msg = await ws.receive(timeout=5)
+            closed = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+            assert msg.type in closed
         assert "dropped control connection from 127.0.0.1: malformed message" in caplog.text
         assert (await get(coord.url + "/jobs", token=TOKEN))[0] == 200  # still serving
