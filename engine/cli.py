@@ -20,8 +20,9 @@ import aiohttp
 import click
 
 from engine.config import FT_MODES, JobConfig
-from engine.coordinator import Coordinator, JobRun
+from engine.coordinator import Coordinator
 from engine.errors import CoordinatorError, JobDefinitionError, JobLoadError, ParameterError, StashflowError
+from engine.job_run import JobRun
 from engine.launcher import LocalLauncher
 from engine.loader import JobRef, load_job, parse_params
 from engine.plan import Plan

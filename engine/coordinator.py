@@ -21,7 +21,6 @@ round-robin to registered workers with free slots.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import os
@@ -29,139 +28,23 @@ import secrets
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from engine.codec import pack, unpack
+from engine.codec import unpack
 from engine.config import JobConfig
 from engine.errors import CoordinatorError, JobDefinitionError, JobLoadError, ParameterError, ProtocolError
 from engine.gcs_backends import RocksGCS
+from engine.job_run import TERMINAL, JobRun, WorkerConn
 from engine.launcher import LocalLauncher
 from engine.loader import JobRef, load_job
 from engine.plan import Plan
 from engine.recovery import LineageCoordinator
 
-__all__ = ["Coordinator", "JobRun"]
+__all__ = ["Coordinator"]
 
 log = logging.getLogger("stashflow.coordinator")
-
-TERMINAL = ("finished", "failed", "canceled")
-
-
-@dataclass
-class WorkerConn:
-    worker_id: str
-    ws: web.WebSocketResponse
-    address: tuple[Any, ...]
-    slots: int
-    pin: str | None
-    pid: int | None
-    instances: set[tuple[str, str]] = field(default_factory=set)  # (job, instance)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    last_seen: float = field(default_factory=time.monotonic)  # any message counts as a heartbeat
-
-    async def send(self, message: dict[str, Any]) -> None:
-        if self.ws.closed:
-            return
-        async with self.lock:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.ws.send_bytes(pack(message))
-
-
-@dataclass
-class JobRun:
-    """One submitted job, as the coordinator tracks it."""
-
-    job_id: str
-    name: str
-    ref: JobRef
-    params: dict[str, str]
-    config: JobConfig
-    plan: Plan
-    secret: bytes
-    state: str = "deploying"
-    error: str | None = None
-    failed_instance: str | None = None
-    submitted_at: float = field(default_factory=time.time)
-    started_at: float | None = None
-    finished_at: float | None = None
-    placement: dict[str, str] = field(default_factory=dict)  # instance -> worker id
-    addresses: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    deployed: set[str] = field(default_factory=set)
-    finished: set[str] = field(default_factory=set)
-    stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # task instance -> statistics
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    kill_times: dict[str, float] = field(default_factory=dict)  # task instance -> when we killed it
-    recovering: set[str] = field(default_factory=set)
-    lineage: LineageCoordinator | None = None
-
-    @property
-    def elapsed_s(self) -> float:
-        start = self.started_at or self.submitted_at
-        return (self.finished_at or time.time()) - start
-
-    def instance_metrics(self) -> dict[str, dict[str, Any]]:
-        """Per step instance (chained steps too): records in/out and the task instance's counters."""
-        out: dict[str, dict[str, Any]] = {}
-        for task in self.plan.tasks:
-            for i in range(task.parallelism):
-                tname = task.instance(i)
-                st = self.stats.get(tname, {})
-                steps = st.get("steps", {})
-                ft = self.lineage.metrics(self.job_id, tname) if self.lineage else {"restarts": 0}
-                state = st.get("state", "deploying" if self.state == "deploying" else "unknown")
-                if tname in self.recovering:
-                    state = "recovering"
-                for step in task.steps:
-                    sname = f"{step.name}/{i}"
-                    counts = steps.get(sname, {})
-                    out[sname] = {
-                        "task": tname,
-                        "state": state,
-                        "records_in": counts.get("records_in", 0),
-                        "records_out": counts.get("records_out", 0),
-                        "batches_in": st.get("batches_in", 0),
-                        "batches_out": st.get("batches_out", 0),
-                        "bytes_out": st.get("bytes_out", 0),
-                        "backpressure_s": round(st.get("backpressure_s", 0.0), 4),
-                        "worker": self.placement.get(tname),
-                        **ft,
-                        **st.get("extra", {}),
-                    }
-        return out
-
-    def source_records(self) -> int:
-        total = 0
-        for task in self.plan.tasks:
-            if task.is_source:
-                for i in range(task.parallelism):
-                    counts = (
-                        self.stats.get(task.instance(i), {})
-                        .get("steps", {})
-                        .get(f"{task.steps[0].name}/{i}", {})
-                    )
-                    total += counts.get("records_out", 0)
-        return total
-
-    def status(self) -> dict[str, Any]:
-        elapsed = self.elapsed_s
-        records = self.source_records()
-        return {
-            "job": self.job_id,
-            "name": self.name,
-            "state": self.state,
-            "error": self.error,
-            "failed_instance": self.failed_instance,
-            "ft": self.config.ft,
-            "elapsed_s": round(elapsed, 4),
-            "records_per_s": round(records / elapsed, 1) if elapsed > 0 else 0.0,
-            "source_records": records,
-            "gcs_commit_lag": self.lineage.commit_lag(self.job_id) if self.lineage else None,
-            "graph": self.plan.describe(),
-            "instances": self.instance_metrics(),
-        }
 
 
 class Coordinator:

@@ -33,7 +33,8 @@ from engine.checkpoint import CheckpointRecord
 from engine.gcs import GCS, GCSError
 
 if TYPE_CHECKING:
-    from engine.coordinator import Coordinator, JobRun
+    from engine.coordinator import Coordinator
+    from engine.job_run import JobRun
 
 __all__ = ["InstanceRecovery", "LineageCoordinator"]
 
