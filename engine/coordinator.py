@@ -424,6 +424,8 @@ class Coordinator:
         return run
 
     async def _stop_job(self, run: JobRun) -> None:
+        if run.lineage is not None and self.gcs is not None:
+            self._spawn(self._drop_job_state(run.job_id))
         for wid in set(run.placement.values()):
             w = self.workers.get(wid)
             if w is not None:
@@ -431,6 +433,14 @@ class Coordinator:
         self._release(run)
         if self.launcher is not None:
             self._spawn(self.launcher.reap(run.job_id, grace=2.0))
+
+    async def _drop_job_state(self, job_id: str) -> None:
+        """The job is over: its determinants and checkpoint records need not stay in the GCS."""
+        assert self.gcs is not None
+        try:
+            await self.gcs.drop_job(job_id)
+        except Exception as exc:  # the job's result stands; only disk space is at stake
+            log.warning("job %s: could not drop its GCS state: %s", job_id, exc)
 
     def _release(self, run: JobRun) -> None:
         for w in self.workers.values():

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from engine.causal_log import Determinant, decode, encode
 from engine.checkpoint import CheckpointRecord
 from engine.gcs import GCS, GCSError
+from engine.job_run import TERMINAL
 
 if TYPE_CHECKING:
     from engine.coordinator import Coordinator
@@ -104,6 +105,8 @@ class LineageCoordinator:
     async def on_log(self, run: JobRun, msg: dict[str, Any]) -> None:
         lineage = self.job(run.job_id)
         inst = msg["instance"]
+        if run.state in TERMINAL:
+            return  # the job is over and its GCS state dropped
         if msg.get("incarnation", 0) < lineage.incarnation.get(inst, 0):
             return  # a dead incarnation's last words: its positions are being decided afresh
         sent = msg.get("sent_at")
@@ -149,7 +152,7 @@ class LineageCoordinator:
         lineage = self.job(run.job_id)
         inst, cid = msg["instance"], int(msg["checkpoint_id"])
         incarnation = msg.get("incarnation", 0)
-        if incarnation < lineage.incarnation.get(inst, 0):
+        if run.state in TERMINAL or incarnation < lineage.incarnation.get(inst, 0):
             return
         await self.gcs.put_checkpoint(run.job_id, inst, cid, msg["record"])
         if incarnation < lineage.incarnation.get(inst, 0):
@@ -172,6 +175,8 @@ class LineageCoordinator:
         # taken out before the first await: a concurrent call must not complete them a second time
         infos = {key: lineage.pending.pop(key) for key in sorted(done, key=lambda k: k[1])}
         for (inst, cid), info in infos.items():
+            if run.state in TERMINAL:
+                return
             # under the instance's recovery lock: a recovery picks its checkpoint either after this one
             # is complete, or before it, and then this one (of a dead incarnation) is never completed;
             # senders must not trim their output logs past the checkpoint a recovery restarts from

@@ -230,7 +230,7 @@ class Worker:
         elif kind == "start":
             self._start(msg["job"], {k: tuple(v) for k, v in msg["addresses"].items()})
         elif kind == "cancel":
-            await self._cancel(msg["job"])
+            await self._cancel(msg["job"], ended=True)
         elif kind == "shutdown":
             self._stop.set()
         elif hosted is None:
@@ -418,7 +418,10 @@ class Worker:
         ):
             self._stop.set()
 
-    async def _cancel(self, job_id: str) -> None:
+    async def _cancel(self, job_id: str, ended: bool = False) -> None:
+        """Stop the job's instances here. ``ended``: the coordinator says the job is over, so its
+        checkpoints and spilled output logs can go; after a lost coordinator connection they stay,
+        since the instances may be recovering elsewhere from them."""
         hosted = self.jobs.pop(job_id, None)
         if hosted is None:
             return
@@ -429,6 +432,8 @@ class Worker:
                 await task
         for inst in hosted.instances.values():
             await inst.aclose()
+        if ended and hosted.services is not None:
+            hosted.services.store.remove_job(job_id)
         if self.exit_when_done:
             self._stop.set()
 

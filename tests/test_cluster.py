@@ -190,6 +190,12 @@ def test_instances_spread_over_three_workers_and_strays_are_dropped(cluster: Clu
     workers = {m["worker"] for m in status["instances"].values()}
     assert len(workers) == 3, f"instances were not spread over the 3 workers: {workers}"
     assert "dropped connection from" in (cluster.logs / f"worker-{WORKER_HOSTS[0]}.log").read_text()
+    # the job is over: its checkpoints leave the shared data directory (the workers remove them)
+    job_dir = tmp_path / "data" / job_id
+    deadline = time.monotonic() + 10
+    while job_dir.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not job_dir.exists(), sorted(p.name for p in job_dir.iterdir())
 
 
 @pytest.mark.parametrize("how", ["killed", "frozen"])
