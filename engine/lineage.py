@@ -12,7 +12,7 @@
   positions come back and trim the stash. Nothing on the batch path waits for storage;
 * each :class:`LineageSender` keeps an :class:`~engine.output_log.OutputLog` of what it sent, so a
   restarted receiver can be resent what it lost, and reconnects to a receiver that moved;
-* sinks hold output until its causal past is committed (:class:`CommitGate`, the output-commit rule);
+* sinks hold output until its causal past is committed (:class:`~engine.commit_gate.CommitGate`, the output-commit rule);
 * every ``checkpoint_interval`` the instance checkpoints alone, between two batches (§6).
 
 A restarted instance gets a :class:`Recovery`: its latest complete checkpoint and the causal log after
@@ -30,7 +30,6 @@ import logging
 import os
 import secrets
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,10 +38,10 @@ from engine.causal_log import CausalLog, Determinant, Kind, LogCursor, encode, f
 from engine.channel import Address, ChannelId
 from engine.checkpoint import CheckpointRecord, CheckpointStore
 from engine.codec import FRAME_HEADER_BYTES, Batch, decode_batch, encode_batch, pack, unpack
+from engine.commit_gate import CommitGate
 from engine.connector import SinkWriter
 from engine.errors import ChannelBroken, ChannelError, ProtocolError
 from engine.fault_tolerance import ChannelSender, FaultTolerance
-from engine.metrics import BatchStamp
 from engine.output_channel import OutputChannel, OutputChannelStatistics
 from engine.output_log import OutputLog
 from engine.stash import Stash
@@ -51,7 +50,7 @@ from engine.state import KeyedState
 if TYPE_CHECKING:
     from engine.instance import TaskInstance
 
-__all__ = ["CommitGate", "LineageFT", "LineageSender", "LineageServices", "Recovery", "WalFT"]
+__all__ = ["LineageFT", "LineageSender", "LineageServices", "Recovery", "WalFT"]
 
 log = logging.getLogger("stashflow.lineage")
 
@@ -247,70 +246,6 @@ def _add_stats(a: OutputChannelStatistics, b: OutputChannelStatistics) -> Output
         backpressure_s=a.backpressure_s + b.backpressure_s,
         credits=b.credits,
     )
-
-
-class CommitGate:
-    """The output-commit rule (DESIGN.md §5.5): a sink writes a batch once its causal past is committed.
-
-    Each held batch remembers the stash's frontier when it was processed (every log position it
-    depends on, the sink's own ``RECV`` included); commits arriving from the GCS release batches in
-    order. This is the one place where the lineage stash waits for storage.
-    """
-
-    #: held batches past which the instance stops taking input until commits release some: a sink
-    #: that waits for storage must slow its producers down (backpressure), not grow memory. It must
-    #: cover a commit round trip at full speed (flush interval + GCS ack + publish, ~10 ms: 100k+
-    #: records at 10M records/s), or the commit lag caps throughput
-    LIMIT = 256
-
-    def __init__(self, ft: LineageFT):
-        self.ft = ft
-        self.held: deque[tuple[dict[str, int], SinkWriter, Sequence[Any], int | None]] = deque()
-        self.stamp: BatchStamp | None = None
-        self.drained = asyncio.Event()
-        self.drained.set()
-        self.below_limit = asyncio.Event()
-        self.below_limit.set()
-        self.max_held = 0
-
-    def hold(self, writer: SinkWriter, records: Sequence[Any], stamp: BatchStamp | None) -> None:
-        frontier = self.ft.stash.frontier()
-        ingest = stamp.ingest_ns if stamp is not None else None
-        self.stamp = stamp
-        if not self.held and Stash.satisfied(frontier, self.ft.committed):
-            writer.write_batch(records)
-            if stamp is not None:
-                stamp.latency.record(ingest)
-            return
-        self.held.append((frontier, writer, records, ingest))
-        self.max_held = max(self.max_held, len(self.held))
-        self.drained.clear()
-        if len(self.held) >= self.LIMIT:
-            self.below_limit.clear()
-
-    def release(self) -> None:
-        held, committed = self.held, self.ft.committed
-        while held and Stash.satisfied(held[0][0], committed):
-            _, writer, records, ingest = held.popleft()
-            writer.write_batch(records)
-            if self.stamp is not None:
-                self.stamp.latency.record(ingest)
-        if len(held) < self.LIMIT:
-            self.below_limit.set()
-        if not held:
-            self.drained.set()
-
-    def snapshot(self) -> list[tuple[dict[str, int], int, Sequence[Any]]]:
-        """Held batches belong to a checkpoint: they were processed before it but not yet written."""
-        writers = {id(w): i for i, w in enumerate(self.ft.sink_writers())}
-        return [(f, writers[id(w)], r) for f, w, r, _ in self.held]
-
-    def restore(self, held: Sequence[Any]) -> None:
-        writers = self.ft.sink_writers()
-        for frontier, index, records in held:
-            self.held.append((dict(frontier), writers[index], records, None))
-        if self.held:
-            self.drained.clear()
 
 
 class LineageFT(FaultTolerance):

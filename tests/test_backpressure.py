@@ -60,7 +60,7 @@ def test_slow_sink_backpressures_the_source(tmp_path: Path, ft: str):
     data = json.loads(metrics.read_text())["instances"]
     # 400 batches at 5 ms each is >= 2 s of sink time; the source could produce them all in a fraction
     # of that, so with at most `window` (8) batches in flight, plus under the lineage stash at most
-    # CommitGate.LIMIT (256) batches held for the output-commit rule, it must have spent long blocked
+    # engine.commit_gate.CommitGate.LIMIT (256) batches held for the output-commit rule, it must have spent long blocked
     assert data["gen/0"]["backpressure_s"] > 0.5, json.dumps(data["gen/0"], indent=1)
     assert data["slow/0"]["records_in"] == 40000
     assert data["slow/0"]["backpressure_s"] == 0
