@@ -196,14 +196,8 @@ class LineageSender(ChannelSender):
         # closed): drop that connection so the send fails over to the new one instead of waiting forever
         self.channel.abort()
         async with self._lock:
-            current = self.ft.services.addresses[self.channel_id.dst]
-            if current[0] > self.generation:
-                try:
-                    await self._resync(current)
-                except (ChannelError, ProtocolError, OSError):
-                    self.generation = current[0]
-                    self._broken = True
-                    await self._reconnect()
+            if self.ft.services.addresses[self.channel_id.dst][0] > self.generation:
+                await self._reconnect()  # returns at once with the newer address, retries if it dies
 
     async def _resync(self, moved: tuple[int, Address]) -> None:
         generation, address = moved

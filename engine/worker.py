@@ -352,9 +352,7 @@ class Worker:
         hosted = self.jobs.get(job_id)
         if hosted is None:
             return
-        if hosted.services is not None:
-            for name, address in addresses.items():
-                hosted.services.addresses.setdefault(name, (0, address))
+        # the deploy message already filled hosted.services.addresses with this table
         for name, inst in hosted.instances.items():
             if name not in hosted.tasks:
                 hosted.tasks[name] = asyncio.create_task(
