@@ -130,14 +130,9 @@ class InputGate:
             self._wakeup.clear()
             # notices can be fewer than events (a replay took batches without them, a rescan queued
             # one notice for several batches): the channels themselves are the truth
-            for i in sorted(self._open):
-                if self.channels[i].finished:
-                    self._open.discard(i)
-            if any(self.channels[i].pending for i in self._open):
-                self._arrivals.extend(i for i in sorted(self._open) if self.channels[i].pending)
+            if any(self.channels[i].pending or self.channels[i].finished for i in self._open):
+                self.rescan()
                 continue
-            if not self._open:
-                break
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 return None
