@@ -30,7 +30,7 @@ DEMO_OUT := demo-out/wordcount
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help venv demo test lint bench clean distclean
+.PHONY: help venv demo test lint bench bench-ft clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -91,6 +91,11 @@ bench: venv ## run the benchmarks: bench/wordcount.py, then bench/pipeline.py (B
 	bash bench/setup_bytewax.sh || echo "make bench: no Bytewax baseline; bench/wordcount.py will skip it" >&2
 	$(VENV_PY) bench/wordcount.py $(BENCH_ARGS)
 	$(VENV_PY) bench/pipeline.py $(BENCH_ARGS)
+
+# One job under every --ft mode: throughput, latency at GCS delay 0 and 5 ms, a killed instance's recovery;
+# ft.json, ft.md and plots in bench/out. Its --quick form is a test of `make test` (tests/test_bench_ft.py).
+bench-ft: venv ## the fault-tolerance evaluation, every --ft mode (~5 min; BENCH_ARGS=--quick: ~75 s)
+	$(VENV_BIN)/stashflow bench ft $(BENCH_ARGS)
 
 clean: ## remove generated data, build output and caches (keeps .venv)
 	rm -rf demo-data demo-out bench/out bench/data build dist

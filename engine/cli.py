@@ -173,6 +173,8 @@ def run(
 
 def _recovery_lines(status: dict[str, Any]) -> list[str]:
     """One line per recovery, per task instance (chained steps share their task's recoveries)."""
+    if status["ft"] == "checkpoint":
+        return _rollback_lines(status)
     lines, seen = [], set()
     for metrics in status["instances"].values():
         task = metrics["task"]
@@ -190,6 +192,30 @@ def _recovery_lines(status: dict[str, Any]) -> list[str]:
                 f"instance {task} recovered alone (restart {rec['incarnation']}, {rec['reason']}): {detected}{live}, "
                 f"{rec['replayed_batches']} batches replayed from checkpoint {rec['checkpoint_id']}"
             )
+    return lines
+
+
+def _rollback_lines(status: dict[str, Any]) -> list[str]:
+    """``--ft checkpoint``: one line per global rollback, naming the instance whose loss caused it."""
+    tasks: dict[str, list[dict[str, Any]]] = {}
+    for metrics in status["instances"].values():
+        tasks.setdefault(metrics["task"], metrics.get("recoveries", []))
+    lines = []
+    for n in range(max((len(r) for r in tasks.values()), default=0)):
+        recs = {task: r[n] for task, r in tasks.items() if len(r) > n}
+        lost = [t for t, rec in recs.items() if not rec["reason"].startswith("rolled back with the job")]
+        lives = [rec["live_s"] for rec in recs.values() if rec["live_s"] is not None]
+        first = next(iter(recs.values()))
+        live = (
+            f"all live again {max(lives)} s after the failure"
+            if len(lives) == len(recs)
+            else "not all live again"
+        )
+        cause = f"{', '.join(lost)} lost ({recs[lost[0]]['reason']})" if lost else "an instance was lost"
+        lines.append(
+            f"job rolled back (restart {first['incarnation']}): {cause}; all {len(recs)} task instances "
+            f"restarted from global checkpoint {first['checkpoint_id']}, {live}"
+        )
     return lines
 
 
@@ -240,6 +266,7 @@ def _write_metrics(path: str, status: dict[str, Any]) -> None:
         "source_records",
         "error",
         "gcs_commit_lag",
+        "global_checkpoints",
         "instances",
     )
     doc = {k: status[k] for k in keys}
@@ -324,6 +351,14 @@ def coordinator(
     "--connect-timeout", default=30.0, type=float, envvar="STASHFLOW_CONNECT_TIMEOUT", show_default=True
 )
 @click.option("--token", default=None, envvar="STASHFLOW_TOKEN", help="the coordinator's --token")
+@click.option(
+    "--heartbeat-s",
+    default=0.5,
+    type=click.FloatRange(min=0.01),
+    envvar="STASHFLOW_HEARTBEAT_S",
+    show_default=True,
+    help="seconds between statistics reports to the coordinator (well under its --heartbeat-timeout)",
+)
 @click.option("--exit-when-done", is_flag=True, hidden=True)
 def worker(url: str, slots: int, **options: Any) -> None:
     """Run a worker that hosts instances for the coordinator at URL."""
@@ -439,6 +474,46 @@ def kill(instance: str, job_id: str, url: str, token: str | None) -> None:
     except CoordinatorError as exc:
         _die(str(exc), 2)
     click.echo(data["message"])
+
+
+# -- benchmarks: they live in the source tree (bench/), not in the installed package -----------------------
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks of the engine, from a source checkout (bench/)."""
+
+
+@bench.command("ft", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--quick", is_flag=True, help="the smoke test: short phases, under 90 s")
+@click.option(
+    "--out", type=click.Path(file_okay=False), default=None, help="where results go [default: bench/out]"
+)
+@click.option(
+    "--modes", multiple=True, help="--ft modes, comma-separated or repeated [default: every mode, none first]"
+)
+@click.pass_context
+def bench_ft(ctx: click.Context, quick: bool, out: str | None, modes: tuple[str, ...]) -> None:
+    """Fault tolerance per --ft mode: throughput, latency, recovery from a kill (bench/ft.py).
+
+    Writes ft.json, ft.md and PNG plots into --out. Other options pass through to bench/ft.py
+    (python bench/ft.py --help lists them). Exit code 1 when a mode's run failed or missed a check.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "ft.py"
+    spec = importlib.util.spec_from_file_location("stashflow_bench_ft", path)
+    if not path.is_file() or spec is None or spec.loader is None:
+        _die(f"stashflow bench ft runs from a source checkout of stashflow: there is no {path}", 2)
+    argv = ["--quick"] if quick else []
+    argv += ["--out", out] if out else []
+    argv += ["--modes", ",".join(modes)] if modes else []
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    sys.path.insert(0, str(path.parent))  # its sibling modules, as when run as a script
+    spec.loader.exec_module(module)
+    sys.exit(module.main([*argv, *ctx.args]))
 
 
 def main() -> None:

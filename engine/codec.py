@@ -9,6 +9,7 @@ A ``BATCH`` body is a fixed binary header followed by the record payload::
     [u8 flags][u64 seq]
     [i64 watermark]               if flags & WATERMARK
     [i64 ingest_ns]               if flags & INGEST_NS
+    [u64 checkpoint id]           if flags & BARRIER (a checkpoint barrier: ``--ft checkpoint``)
     [u32 n][n bytes lineage]      if flags & LINEAGE
     [payload]                     msgpack array of the records; an lz4 block (size stored) if flags & LZ4
 
@@ -31,7 +32,7 @@ by walking the batch only after msgpack refused it, so the happy path pays nothi
 
 >>> frame = encode_batch(Batch(seq=1, records=[("a", 1), ["b", 2]], watermark=10))
 >>> decode_batch(frame[5:])
-Batch(seq=1, records=(('a', 1), ('b', 2)), watermark=10, lineage=None, ingest_ns=None)
+Batch(seq=1, records=(('a', 1), ('b', 2)), watermark=10, lineage=None, ingest_ns=None, barrier=None)
 """
 
 from __future__ import annotations
@@ -101,18 +102,22 @@ _F_WATERMARK = 0x01
 _F_INGEST = 0x02
 _F_LINEAGE = 0x04
 _F_LZ4 = 0x08
-_F_KNOWN = _F_WATERMARK | _F_INGEST | _F_LINEAGE | _F_LZ4
+_F_BARRIER = 0x10
+_F_KNOWN = _F_WATERMARK | _F_INGEST | _F_LINEAGE | _F_LZ4 | _F_BARRIER
+_F_HEADER = _F_WATERMARK | _F_INGEST | _F_LINEAGE | _F_BARRIER  # the flags that add header fields
 
 # One Struct per combination of optional header fields: the frame prefix and the whole header are packed
-# with a single call. Field order: length, kind, flags, seq, [watermark], [ingest_ns], [lineage length].
+# with a single call. Field order: length, kind, flags, seq, [watermark], [ingest_ns], [barrier],
+# [lineage length]. Indexed by ``flags & _F_HEADER`` (the LZ4 bit selects the same header as without it).
 _HEADERS = tuple(
     struct.Struct(
         ">IBBQ"
         + ("q" if flags & _F_WATERMARK else "")
         + ("q" if flags & _F_INGEST else "")
+        + ("Q" if flags & _F_BARRIER else "")
         + ("I" if flags & _F_LINEAGE else "")
     )
-    for flags in range(8)
+    for flags in range(_F_HEADER + 1)
 )
 
 _ALLOWED = "None, bool, int (64-bit), float, str, bytes, list, tuple and dict of those"
@@ -126,6 +131,8 @@ class Batch:
     rejects gaps. ``records`` is a list or tuple when sent and always a tuple when received.
     ``watermark`` is event time in ms; ``lineage`` an opaque lineage-stash delta that round-trips
     byte-exact; ``ingest_ns`` the source's ingestion time (``time.time_ns()``) for latency metrics.
+    ``barrier``, on a batch without records, is the id of the global checkpoint whose barrier it is
+    (``--ft checkpoint``, :mod:`engine.global_checkpoint`): it flows in order with the data.
     """
 
     seq: int
@@ -133,6 +140,7 @@ class Batch:
     watermark: int | None = None
     lineage: bytes | None = None
     ingest_ns: int | None = None
+    barrier: int | None = None
 
 
 # -- frames ------------------------------------------------------------------------------------------
@@ -222,6 +230,9 @@ def encode_batch(batch: Batch, *, compress_min_bytes: int | None = COMPRESS_MIN_
     if batch.ingest_ns is not None:
         flags |= _F_INGEST
         fields.append(batch.ingest_ns)
+    if batch.barrier is not None:
+        flags |= _F_BARRIER
+        fields.append(batch.barrier)
     lineage = batch.lineage
     if lineage is not None:
         flags |= _F_LINEAGE
@@ -231,7 +242,7 @@ def encode_batch(batch: Batch, *, compress_min_bytes: int | None = COMPRESS_MIN_
         if len(packed) <= len(payload) - (len(payload) >> 3):
             payload = packed
             flags |= _F_LZ4
-    header = _HEADERS[flags & 7]
+    header = _HEADERS[flags & _F_HEADER]
     rest = header.size - 4 + len(payload) + (len(lineage) if lineage is not None else 0)
     try:
         head = header.pack(rest, FrameKind.BATCH, flags, *fields)
@@ -273,7 +284,7 @@ def decode_batch(body: bytes | memoryview) -> Batch:
     if flags & ~_F_KNOWN:
         raise ProtocolError(f"malformed BATCH frame (seq {seq}): unknown header flags 0x{flags:02x}")
     offset = _BODY_HEAD.size
-    watermark = ingest_ns = None
+    watermark = ingest_ns = barrier = None
     lineage = None
     view = memoryview(body)
     try:
@@ -282,6 +293,9 @@ def decode_batch(body: bytes | memoryview) -> Batch:
             offset += 8
         if flags & _F_INGEST:
             (ingest_ns,) = _I64.unpack_from(body, offset)
+            offset += 8
+        if flags & _F_BARRIER:
+            (barrier,) = _U64.unpack_from(body, offset)
             offset += 8
         if flags & _F_LINEAGE:
             (size,) = _U32.unpack_from(body, offset)
@@ -306,7 +320,7 @@ def decode_batch(body: bytes | memoryview) -> Batch:
         raise ProtocolError(
             f"malformed BATCH frame (seq {seq}): records decode to a {type(records).__name__}, not an array"
         )
-    return Batch(seq, records, watermark, lineage, ingest_ns)
+    return Batch(seq, records, watermark, lineage, ingest_ns, barrier)
 
 
 def _decompress(payload: memoryview, seq: int) -> bytes:

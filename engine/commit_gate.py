@@ -55,7 +55,7 @@ class CommitGate:
         if not self.held and Stash.satisfied(frontier, self.ft.committed):
             writer.write_batch(records)
             if stamp is not None:
-                stamp.latency.record(ingest)
+                stamp.written(ingest, len(records))
             return
         self.held.append((frontier, writer, records, ingest))
         self.max_held = max(self.max_held, len(self.held))
@@ -69,7 +69,7 @@ class CommitGate:
             _, writer, records, ingest = held.popleft()
             writer.write_batch(records)
             if self.stamp is not None:
-                self.stamp.latency.record(ingest)
+                self.stamp.written(ingest, len(records))
         if len(held) < self.LIMIT:
             self.below_limit.set()
         if not held:

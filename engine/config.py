@@ -10,7 +10,7 @@ from engine.errors import ParameterError
 __all__ = ["FT_MODES", "JobConfig"]
 
 #: Fault-tolerance modes (DESIGN.md §8) this build implements; the first is the default.
-FT_MODES = ("lineage", "wal", "none")
+FT_MODES = ("lineage", "checkpoint", "wal", "none")
 
 
 @dataclass(frozen=True)

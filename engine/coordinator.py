@@ -36,6 +36,7 @@ from engine.codec import unpack
 from engine.config import JobConfig
 from engine.errors import CoordinatorError, JobDefinitionError, JobLoadError, ParameterError, ProtocolError
 from engine.gcs_backends import RocksGCS
+from engine.global_rollback import GlobalCheckpointCoordinator
 from engine.job_run import TERMINAL, JobRun, WorkerConn
 from engine.launcher import LocalLauncher
 from engine.loader import JobRef, load_job
@@ -76,6 +77,7 @@ class Coordinator:
         self.token = token
         self.gcs: RocksGCS | None = None
         self.lineage: LineageCoordinator | None = None
+        self.checkpoints: GlobalCheckpointCoordinator | None = None
         self.jobs: dict[str, JobRun] = {}
         self.workers: dict[str, WorkerConn] = {}
         self._workers_changed = asyncio.Condition()
@@ -131,6 +133,7 @@ class Coordinator:
         if self.launcher is not None and self.launcher.data_dir is None:
             self.launcher.data_dir = os.path.join(self.data_dir, "workers")
         self.lineage = LineageCoordinator(self, self.gcs)
+        self.checkpoints = GlobalCheckpointCoordinator(self, self.gcs)
         self._spawn(self._watch_heartbeats())
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -177,6 +180,10 @@ class Coordinator:
         run = JobRun(job_id, job.name, ref, params, config, plan, secrets.token_bytes(32))
         if config.ft in ("lineage", "wal"):
             run.lineage = self.lineage
+        elif config.ft == "checkpoint":
+            assert self.checkpoints is not None
+            run.checkpoints = self.checkpoints
+            self.checkpoints.watch(run)
         self.jobs[job_id] = run
         self._spawn(self._deploy(run))
         return run
@@ -307,6 +314,9 @@ class Coordinator:
 
     async def _on_deployed(self, run: JobRun, insts: list[str]) -> None:
         run.deployed.update(insts)
+        if run.checkpoints is not None and run.recovering:
+            run.checkpoints.on_deployed(run)  # a global rollback starts them all at once
+            return
         restarted = [i for i in insts if i in run.recovering]
         if restarted and run.state == "running":
             addresses = {k: list(v) for k, v in run.addresses.items()}
@@ -348,8 +358,20 @@ class Coordinator:
     async def fail_job(self, run: JobRun, inst: str | None, error: str) -> None:
         await self._fail(run, inst, error)
 
-    async def _recover(self, run: JobRun, inst: str, reason: str) -> None:
-        """Restart one lost instance alone (DESIGN.md §7); the job fails only if that is impossible."""
+    async def _recover(self, run: JobRun, inst: str, reason: str, incarnation: int | None = None) -> None:
+        """Restart one lost instance alone (DESIGN.md §7); the job fails only if that is impossible.
+
+        Under ``--ft checkpoint`` every instance restarts instead (:mod:`engine.global_rollback`).
+        """
+        if run.checkpoints is not None:
+            try:
+                await run.checkpoints.rollback(run, inst, reason, incarnation)
+            except Exception as exc:
+                log.exception("rollback after %s was lost failed", inst)
+                await self._fail(
+                    run, inst, f"instance {inst}: the job rollback failed: {type(exc).__name__}: {exc}"
+                )
+            return
         if run.state in TERMINAL or run.lineage is None or inst in run.recovering:
             return
         run.recovering.add(inst)
@@ -424,7 +446,7 @@ class Coordinator:
         return run
 
     async def _stop_job(self, run: JobRun) -> None:
-        if run.lineage is not None and self.gcs is not None:
+        if run.recovers and self.gcs is not None:
             self._spawn(self._drop_job_state(run.job_id))
         for wid in set(run.placement.values()):
             w = self.workers.get(wid)
@@ -510,6 +532,7 @@ class Coordinator:
                 run = self.jobs.get(job_id)
                 if run is not None:
                     for name, st in insts.items():
+                        run.absorb(name, st)  # timeline increments count even after the instance finished
                         if name not in run.finished:
                             run.stats[name] = st
             return
@@ -528,9 +551,21 @@ class Coordinator:
         if kind == "recovered" and run.lineage is not None:
             run.lineage.on_recovered(run, data)
             return
+        if run.checkpoints is not None:
+            if kind == "barrier_ack":
+                self._spawn(run.checkpoints.on_ack(run, data))
+                return
+            if kind == "recovered":
+                run.checkpoints.on_recovered(run, data)
+                return
+            if kind in ("finished", "failed", "lost") and data.get("incarnation", 0) < run.checkpoints.epoch(
+                run.job_id
+            ):
+                return  # an instance a rollback replaced
         if kind == "lost":
-            if run.lineage is not None:
-                self._spawn(self._recover(run, data["instance"], data.get("reason", "lost")))
+            if run.recovers:
+                incarnation = data.get("incarnation")
+                self._spawn(self._recover(run, data["instance"], data.get("reason", "lost"), incarnation))
             else:
                 await self._fail(
                     run, data["instance"], f"instance {data['instance']}: {data.get('reason', 'lost')}"
@@ -539,9 +574,11 @@ class Coordinator:
         if kind == "deployed":
             await self._on_deployed(run, list(data["instances"]))
         elif kind == "finished":
+            run.absorb(data["instance"], data["stats"])
             await self._on_finished(run, data["instance"], data["stats"])
         elif kind == "failed":
             if data.get("stats"):
+                run.absorb(data["instance"], data["stats"])
                 run.stats[data["instance"]] = data["stats"]
             where = f"instance {data['instance']}: " if data.get("instance") else ""
             await self._fail(run, data.get("instance"), where + data["error"])
@@ -553,7 +590,7 @@ class Coordinator:
             run = self.jobs.get(job_id)
             if run is None or run.state in TERMINAL:
                 continue
-            if run.lineage is not None:
+            if run.recovers:
                 code = None
                 if self.launcher is not None:
                     code = await self.launcher.exit_code(job_id, inst, wait=0.5)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from engine.channel import Address, ChannelId
 from engine.codec import Batch
 from engine.context import BatchClock
+from engine.errors import ProtocolError
 from engine.output_channel import OutputChannel, OutputChannelStatistics
 
 if TYPE_CHECKING:
@@ -45,6 +46,12 @@ class ChannelSender:
         self.next_seq = seq + 1
         await self.channel.send(Batch(seq, records, ingest_ns=ingest_ns))
 
+    async def send_barrier(self, checkpoint_id: int) -> None:
+        """A checkpoint barrier (``--ft checkpoint``): a record-less batch, in order with the data."""
+        seq = self.next_seq
+        self.next_seq = seq + 1
+        await self.channel.send(Batch(seq, (), barrier=checkpoint_id))
+
     async def send_eos(self) -> None:
         await self.channel.send_eos()
 
@@ -63,6 +70,10 @@ class FaultTolerance:
     replaying = False
     #: the recovered log a replay follows (modes that recover set it)
     cursor: LogCursor | None = None
+    #: restarts of this instance so far (modes that recover count them)
+    incarnation = 0
+    #: restored at the end of its input: the instance only has its end of stream left to send
+    input_done = False
 
     def __init__(self, instance: TaskInstance):
         self.instance = instance
@@ -105,6 +116,16 @@ class FaultTolerance:
 
     def on_flush(self) -> None:
         """The latency timer fired: partially filled buffers are being sent."""
+
+    async def on_barrier(self, index: int, checkpoint_id: int) -> None:
+        """A checkpoint barrier arrived on input ``index`` (only ``--ft checkpoint`` sends them)."""
+        raise ProtocolError(
+            f"instance {self.instance.name} received checkpoint barrier {checkpoint_id} but runs --ft "
+            f"{self.mode}: every instance of a job must run the same fault-tolerance mode"
+        )
+
+    async def on_input_change(self) -> None:
+        """An input ended, or the input gate has nothing to offer but blocked inputs."""
 
     def read_time(self) -> int:
         return time.time_ns()

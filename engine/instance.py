@@ -62,6 +62,8 @@ class InputGate:
 
     Channels report arrivals through ``on_ready``; the gate keeps their order, because the order in
     which an instance takes batches from different channels is exactly the ``RECV`` determinant.
+    Channels can be *blocked* (barrier alignment, ``--ft checkpoint``): their batches wait in the
+    channel until :meth:`unblock`.
     """
 
     def __init__(self, channels: Sequence[InputChannel]):
@@ -69,8 +71,22 @@ class InputGate:
         self._arrivals: deque[int] = deque()
         self._wakeup = asyncio.Event()
         self._open = set(range(len(self.channels)))
+        self.blocked: set[int] = set()
         #: with a recovering fault-tolerance mode, a lost upstream reconnects and resends: not an error
         self.tolerate_broken = False
+
+    def block(self, index: int) -> None:
+        """Take nothing more from channel ``index`` until :meth:`unblock`."""
+        self.blocked.add(index)
+
+    def unblock(self) -> None:
+        self.blocked.clear()
+        self.rescan()
+
+    @property
+    def stalled(self) -> bool:
+        """Every input still open is blocked: nothing can come until the alignment completes."""
+        return bool(self.blocked) and self._open <= self.blocked
 
     def notify(self, index: int) -> None:
         """Called by channel ``index`` when a batch, its end or its breakage arrives."""
@@ -114,9 +130,12 @@ class InputGate:
         Raises :class:`ChannelBroken` if an upstream connection broke before its end of stream.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        blocked = self.blocked
         while self._open:
             while self._arrivals:
                 index = self._arrivals.popleft()
+                if blocked and index in blocked:
+                    continue  # its batches wait in the channel; unblock() queues it again
                 channel = self.channels[index]
                 batch = channel.take()
                 if batch is not None:
@@ -125,12 +144,14 @@ class InputGate:
                     raise channel.broken
                 if channel.finished:
                     self._open.discard(index)
-            if not self._open:
+                    if blocked:
+                        return None  # an alignment waits for this input no more: let the loop check
+            if not self._open or self.stalled:
                 break
             self._wakeup.clear()
             # notices can be fewer than events (a replay took batches without them, a rescan queued
             # one notice for several batches): the channels themselves are the truth
-            if any(self.channels[i].pending or self.channels[i].finished for i in self._open):
+            if any(self.channels[i].pending or self.channels[i].finished for i in self._open - blocked):
                 self.rescan()
                 continue
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -397,13 +418,14 @@ class TaskInstance:
                 self.state = "replaying"
                 await self._replay()
             self.state = "running"
-            if self.task.is_source:
-                await self._run_source()
-            else:
-                await self._run_inputs()
-            await self._emit(self._finish_chain())
-            for router in self.routers:
-                await router.flush()
+            if not self.ft.input_done:
+                if self.task.is_source:
+                    await self._run_source()
+                else:
+                    await self._run_inputs()
+                await self._emit(self._finish_chain())
+                for router in self.routers:
+                    await router.flush()
             await self.ft.finish()
             for router in self.routers:
                 for sender in router.senders:
@@ -447,9 +469,14 @@ class TaskInstance:
             if item is None:
                 if gate.finished:
                     return
+                if gate.blocked:
+                    await self.ft.on_input_change()  # an input ended during a barrier alignment
                 await self._timer_flush()
                 continue
             index, batch = item
+            if batch.barrier is not None:
+                await self.ft.on_barrier(index, batch.barrier)
+                continue
             await self._process_input(index, batch)
             await self._maybe_timer_flush()
             await self.ft.between_batches()
@@ -594,8 +621,18 @@ class TaskInstance:
     # -- observability -------------------------------------------------------------------------------
 
     def _latency(self) -> dict[str, Any]:
-        has_sink = any(c.step.kind == "sink" for c in self.contexts)
-        return {"latency": self.stamp.latency.summary()} if has_sink else {}
+        """A sink's latency percentiles, and the timeline buckets closed since the previous call.
+
+        The timeline is handed over incrementally: each call removes what it returns, and the
+        coordinator adds it up (``JobRun.absorb``). Once the instance is done, the open bucket goes too.
+        """
+        if not any(c.step.kind == "sink" for c in self.contexts):
+            return {}
+        done = self.state in ("finished", "failed")
+        return {
+            "latency": self.stamp.latency.summary(),
+            "timeline": self.stamp.timeline.drain(everything=done),
+        }
 
     def statistics(self) -> InstanceStatistics:
         batches_out = bytes_out = 0

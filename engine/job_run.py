@@ -3,6 +3,8 @@
 A :class:`JobRun` is one submitted job: its plan, placement, state, the statistics its instances report
 (heartbeats, final statistics) and, through the lineage coordinator, their recoveries;
 :meth:`JobRun.status` is what ``GET /jobs/{id}``, ``stashflow status`` and ``--metrics-out`` show.
+Over time, it also keeps each sink's timeline (records and latency per 100 ms, :mod:`engine.metrics`),
+merged from the increments instances report, and samples the lineage stash's size at every report.
 A :class:`WorkerConn` is one worker's control connection.
 """
 
@@ -19,9 +21,11 @@ from aiohttp import web
 from engine.codec import pack
 from engine.config import JobConfig
 from engine.loader import JobRef
+from engine.metrics import Gauges, Timeline
 from engine.plan import Plan
 
 if TYPE_CHECKING:
+    from engine.global_rollback import GlobalCheckpointCoordinator
     from engine.recovery import LineageCoordinator
 
 __all__ = ["TERMINAL", "JobRun", "WorkerConn"]
@@ -75,21 +79,60 @@ class JobRun:
     kill_times: dict[str, float] = field(default_factory=dict)  # task instance -> when we killed it
     recovering: set[str] = field(default_factory=set)
     lineage: LineageCoordinator | None = None
+    #: ``--ft checkpoint``: global checkpoints and rollback (engine.global_rollback)
+    checkpoints: GlobalCheckpointCoordinator | None = None
+    #: task instance -> its sink's timeline, merged across reports and incarnations
+    timelines: dict[str, Timeline] = field(default_factory=dict)
+    #: task instance -> its lineage figures (stash bytes, piggybacked bytes) sampled at each report
+    gauges: dict[str, Gauges] = field(default_factory=dict)
+
+    @property
+    def recovers(self) -> bool:
+        """Whether a lost instance is recovered (lineage, wal, checkpoint) rather than failing the job."""
+        return self.lineage is not None or self.checkpoints is not None
 
     @property
     def elapsed_s(self) -> float:
         start = self.started_at or self.submitted_at
         return (self.finished_at or time.time()) - start
 
+    def absorb(self, inst: str, stats: dict[str, Any]) -> None:
+        """Take what a report of task instance ``inst`` carries over time, before ``stats`` is stored.
+
+        The timeline buckets it closed since its previous report are removed from ``stats`` and added
+        to ``timelines[inst]``, bucket by bucket: the incarnations of a restarted instance add up. Its
+        lineage stash's size and the bytes it has piggybacked so far are sampled into ``gauges``.
+        """
+        extra = stats.get("extra") or {}
+        rows = extra.pop("timeline", None)
+        if rows:
+            self.timelines.setdefault(inst, Timeline()).merge(rows)
+        if "stash_bytes" in extra:
+            # delta_bytes_mean is rounded to 1/100 byte: the product is off by at most frames/200 bytes
+            piggybacked = round(extra.get("delta_bytes_mean", 0.0) * extra.get("frames_sent", 0))
+            self.gauges.setdefault(inst, Gauges()).sample(
+                time.time(),
+                {
+                    "stash_bytes": extra["stash_bytes"],
+                    "stash_entries": extra.get("stash_entries", 0),
+                    "piggybacked_bytes": piggybacked,
+                    "frames_sent": extra.get("frames_sent", 0),
+                },
+            )
+
     def instance_metrics(self) -> dict[str, dict[str, Any]]:
-        """Per step instance (chained steps too): records in/out and the task instance's counters."""
+        """Per step instance (chained steps too): records in/out and the task instance's counters.
+
+        Also, where they apply: ``timeline`` (sink steps) and ``gauges`` (lineage instances).
+        """
         out: dict[str, dict[str, Any]] = {}
         for task in self.plan.tasks:
             for i in range(task.parallelism):
                 tname = task.instance(i)
                 st = self.stats.get(tname, {})
                 steps = st.get("steps", {})
-                ft = self.lineage.metrics(self.job_id, tname) if self.lineage else {"restarts": 0}
+                recovery = self.lineage or self.checkpoints
+                ft = recovery.metrics(self.job_id, tname) if recovery else {"restarts": 0}
                 state = st.get("state", "deploying" if self.state == "deploying" else "unknown")
                 if tname in self.recovering:
                     state = "recovering"
@@ -109,6 +152,10 @@ class JobRun:
                         **ft,
                         **st.get("extra", {}),
                     }
+                    if step.kind == "sink" and tname in self.timelines:
+                        out[sname]["timeline"] = self.timelines[tname].to_dict()
+                    if tname in self.gauges:
+                        out[sname]["gauges"] = self.gauges[tname].to_dict()
         return out
 
     def source_records(self) -> int:
@@ -138,6 +185,7 @@ class JobRun:
             "records_per_s": round(records / elapsed, 1) if elapsed > 0 else 0.0,
             "source_records": records,
             "gcs_commit_lag": self.lineage.commit_lag(self.job_id) if self.lineage else None,
+            "global_checkpoints": self.checkpoints.summary(self.job_id) if self.checkpoints else None,
             "graph": self.plan.describe(),
             "instances": self.instance_metrics(),
         }

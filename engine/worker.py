@@ -42,6 +42,7 @@ from engine.config import JobConfig
 from engine.data_server import DataServer
 from engine.errors import StashflowError
 from engine.fault_tolerance import FaultTolerance
+from engine.global_checkpoint import BarrierServices, CheckpointFT
 from engine.instance import InjectedCrash, TaskInstance
 from engine.lineage import LineageFT, LineageServices, Recovery, WalFT
 from engine.loader import JobRef, load_job
@@ -59,6 +60,7 @@ class HostedJob:
     secret: bytes
     config: JobConfig
     services: LineageServices | None = None
+    barriers: BarrierServices | None = None
     instances: dict[str, TaskInstance] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -69,6 +71,16 @@ class HostedJob:
             self.instances.values() if instance is None else [i for i in [self.instances.get(instance)] if i]
         )
         return [i.ft for i in insts if isinstance(i.ft, LineageFT)]
+
+    def global_checkpoints(self, instance: str | None = None) -> list[CheckpointFT]:
+        """The global-checkpoint runtimes of the hosted instances (of one instance if named)."""
+        insts = self.instances.values() if instance is None else [self.instances.get(instance)]
+        return [i.ft for i in insts if i is not None and isinstance(i.ft, CheckpointFT)]
+
+    @property
+    def store(self) -> CheckpointStore | None:
+        holder = self.services or self.barriers
+        return holder.store if holder is not None else None
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -241,6 +253,13 @@ class Worker:
         elif kind == "checkpoint_complete":
             for ft in hosted.lineage(msg["instance"]):
                 ft.on_checkpoint_complete(msg["checkpoint_id"])
+            for cft in hosted.global_checkpoints(msg.get("instance")):
+                cft.on_checkpoint_complete(msg["checkpoint_id"])
+        elif kind == "trigger":
+            for cft in hosted.global_checkpoints(msg["instance"]):
+                cft.on_trigger(msg["checkpoint_id"])
+        elif kind == "restart":
+            await self._restart(hosted, msg)
         elif kind == "trim":
             for ft in hosted.lineage(msg["instance"]):
                 ft.on_trim(msg["channel"], msg["upto"])
@@ -304,6 +323,8 @@ class Worker:
                         # write-first ships each determinant at once: batches wait for it
                         log_flush_s=0.0 if config.ft == "wal" else config.log_flush_ms / 1000.0,
                     )
+                elif config.ft == "checkpoint":
+                    hosted.barriers = BarrierServices(job_id, CheckpointStore(self.data_dir), self._send)
                 self.jobs[job_id] = hosted
             for name, address in (msg.get("addresses") or {}).items():
                 if hosted.services is not None:
@@ -321,13 +342,18 @@ class Worker:
 
     def _create_instance(self, hosted: HostedJob, name: str, recovery: Recovery | None) -> TaskInstance:
         task_name, _, index = name.rpartition("/")
-        services = hosted.services
+        services, barriers = hosted.services, hosted.barriers
         factory: Any = FaultTolerance
         if services is not None:
             mode = WalFT if hosted.config.ft == "wal" else LineageFT
 
             def factory(inst: TaskInstance) -> FaultTolerance:
                 return mode(inst, services, recovery)
+
+        elif barriers is not None:
+
+            def factory(inst: TaskInstance) -> FaultTolerance:
+                return CheckpointFT(inst, barriers, recovery)
 
         inst = TaskInstance(
             job_id=hosted.job_id,
@@ -391,15 +417,21 @@ class Worker:
                     "instance": inst.name,
                     "error": _one_line(exc),
                     "stats": inst.statistics().to_dict(),
+                    "incarnation": inst.ft.incarnation,
                 }
             )
             await inst.aclose()
             self._maybe_exit(hosted)
             return
         stats = inst.statistics().to_dict()  # before aclose(), which releases the channels it counts
-        await self._send({"type": "finished", "job": hosted.job_id, "instance": inst.name, "stats": stats})
-        if hosted.services is not None:
-            return  # keep the output logs: a receiver that restarts later needs them; cancel ends us
+        await self._send({
+            "type": "finished", "job": hosted.job_id, "instance": inst.name, "stats": stats,
+            "incarnation": inst.ft.incarnation,
+        })  # fmt: skip
+        if hosted.config.ft != "none":
+            # lineage: keep the output logs, a receiver that restarts later needs them; checkpoint: a
+            # rollback restarts this instance here. The job's end (cancel) ends us
+            return
         await inst.aclose()
         self._maybe_exit(hosted)
 
@@ -408,7 +440,32 @@ class Worker:
         await inst.abort()
         hosted.instances.pop(inst.name, None)
         hosted.tasks.pop(inst.name, None)
-        await self._send({"type": "lost", "job": hosted.job_id, "instance": inst.name, "reason": reason})
+        await self._send({
+            "type": "lost", "job": hosted.job_id, "instance": inst.name, "reason": reason,
+            "incarnation": inst.ft.incarnation,
+        })  # fmt: skip
+
+    async def _restart(self, hosted: HostedJob, msg: dict[str, Any]) -> None:
+        """Global rollback (``--ft checkpoint``): drop this job's instances here, deploy them afresh.
+
+        They vanish as killed ones would (no end of stream: their receivers are being restarted too),
+        but this process stays: the new incarnations are deployed in it, from the checkpoint named in
+        the message, and run once the coordinator says ``start``.
+        """
+        tasks = list(hosted.tasks.values())  # cancelled, they close their channels without an end of stream
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=2.0)
+            for task in stuck:
+                log.warning("worker %s: instance %s did not stop within 2 s of the rollback; dropping it",
+                            self.worker_id, task.get_name())  # fmt: skip
+        for inst in hosted.instances.values():
+            with contextlib.suppress(Exception):
+                await inst.abort()
+        hosted.instances.clear()
+        hosted.tasks.clear()
+        await self._deploy(msg)
 
     def _maybe_exit(self, hosted: HostedJob) -> None:
         if self.exit_when_done and all(
@@ -430,8 +487,8 @@ class Worker:
                 await task
         for inst in hosted.instances.values():
             await inst.aclose()
-        if ended and hosted.services is not None:
-            hosted.services.store.remove_job(job_id)
+        if ended and hosted.store is not None:
+            hosted.store.remove_job(job_id)
         if self.exit_when_done:
             self._stop.set()
 

@@ -33,7 +33,7 @@ class SinkOperator(Operator):
             else:
                 self.writer.write_batch(records)
                 if stamp is not None:
-                    stamp.latency.record(stamp.ingest_ns)
+                    stamp.written(stamp.ingest_ns, len(records))
         return ()
 
     def finish(self) -> Sequence[Any]:

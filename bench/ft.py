@@ -1,0 +1,556 @@
+"""The fault-tolerance evaluation: one job under every ``--ft`` mode, in normal operation and through a failure.
+
+::
+
+    stashflow bench ft [--quick] [--out bench/out] [--modes none,lineage,wal,checkpoint]
+    .venv/bin/python bench/ft.py [the same options]   # --help lists the rest
+
+The job is the union word count of the lineage-stash tests (``jobs/union_count.py``): two
+rate-limited generators of 5-word sentences -> ``union`` -> ``flat_map(split)`` -> ``key_by`` -> running
+``count`` -> ``FileSink``, ``--parallelism 2``. The sink runs as one instance in a task of its own
+(``sink_parallelism=1``, a parallelism that does not chain it to ``count``): killing ``count/1`` then
+kills that step instance alone, and the sink, whose timeline is the measurement, keeps running and shows
+what the world sees of the failure; a sink chained to the victim would die with it and take its own
+unreported timeline buckets along. Every mode of ``engine.config.FT_MODES`` runs (``checkpoint`` as soon
+as the engine has it), each through the CLI (``python -m engine run``) in a session of its own, killed
+by process group on a deadline, on 127.0.0.1 only, with the same ``--checkpoint-interval`` (1 s) and workers
+reporting every 0.1 s (``STASHFLOW_HEARTBEAT_S``). Phases, ``none`` first since its maximum sets the rate:
+
+1. **throughput**: sources without a rate limit; records/s is the engine's ``records_per_s`` (source
+   sentences over the time from the job's start to its end).
+2. **latency**: sources at the *offered rate*, half of ``none``'s maximum, with ``--gcs-delay-ms`` 0
+   and 5 (``none`` has no GCS: 0 only); p50/p99/p99.9 of the per-batch latency from source ingestion
+   to sink write (a stamp in the batch header, :mod:`engine.metrics`), from the sink's timeline after
+   a warm-up (1 s of output; ``--quick`` 0.8 s).
+3. **failure**: the same rate, ``--kill count/1@T``. From the sink's timeline (records and p99 per
+   100 ms): the steady p99 before the kill and the *recovery time*, from the kill until, after the
+   output was disturbed, the output rate is back to >= 90% of offered and the p99 under 2x steady, over
+   1 s windows (``--quick``: 0.5 s; for ``checkpoint``, whose sink writes in bursts as checkpoints complete,
+   at least a checkpoint interval) and for as long again (:func:`recovery_s`); the longest stretch of zero
+   output after the kill; which instances rolled back (``restarts`` > 0). The generator does not make up
+   records it could not emit while the job stalled (its token bucket holds one batch), so this is the
+   job's return to the offered rate, not the catch-up of a backlog held outside. ``none`` cannot recover:
+   the harness SIGKILLs ``count/1``'s worker itself (``--kill`` refuses ``--ft none``), the job fails,
+   the harness reruns it from scratch as soon as the failed run has exited, and recovery runs from the kill
+   to the rerun reaching
+   the same criterion; every instance rolled back.
+4. **lineage stash**: the stash's bytes and the bytes piggybacked on batches over time, sampled by the
+   coordinator from every report (the failure run; also summed up for the latency runs).
+
+``--quick`` (the CI smoke test, well under 90 s) runs much shorter phases and takes the latency at GCS
+delay 0 from the failure run's steady part before the kill instead of a run of its own.
+
+Outputs of modes that promise exactly-once (all but ``none``) are checked after every run (``--quick``:
+after the failure runs): each word ``w`` the sources produce ``N_w`` times must appear as
+``[w, 1] .. [w, N_w]``, each once, and nothing else; and in a run without a kill the sink's timeline must
+count every record written. A run that fails, misses a check or does not show its kill is reported in one line naming the
+mode, the phase and the error; that mode gets no figures and the harness exits 1. Written to ``--out``:
+``ft.json`` (every figure, per mode ``throughput``, ``p50_ms``, ``p99_ms``, ``recovery_s``,
+``rolled_back``...), ``ft.md`` (tables and the targets, met or missed) and PNG plots (``ft_report``);
+each run's metrics and stderr under ``ft-runs/`` (outputs are removed once checked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from _harness import REPO, OtherWork, kill_group, machine_info, start, tail, wait_until_quiet
+from ft_analysis import (
+    P99_FACTOR,
+    RATE_SHARE,
+    VICTIM,
+    check_exactly_once,
+    latency_figures,
+    longest_zero_s,
+    output_span,
+    recovery_s,
+    series,
+    sink_timeline,
+    stash_series,
+    stash_summary,
+    targets,
+    window,
+    words_per_sentence,
+)
+
+from engine.config import FT_MODES
+from engine.metrics import BUCKET_MS, Timeline
+
+__all__ = ["PhaseFailed", "main", "recovery_s"]
+
+JOB = REPO / "jobs" / "union_count.py"
+
+
+class PhaseFailed(Exception):
+    """A run of ``mode`` in ``phase`` failed or missed a check; the message says what and how."""
+
+    def __init__(self, mode: str, phase: str, error: str):
+        super().__init__(f"mode {mode}, phase {phase}: {error}")
+        self.mode, self.phase, self.error = mode, phase, error
+
+
+# --- running the engine ------------------------------------------------------------------------------
+
+
+@dataclass
+class Settings:
+    """Sizes of the phases: the full run, or ``--quick``."""
+
+    throughput_sentences: int  # per source, no rate limit
+    latency_s: float
+    failure_s: float
+    kill_at: float
+    rerun_s: float
+    warmup_s: float
+    hold_s: float
+
+    @classmethod
+    def of(cls, quick: bool) -> Settings:
+        if quick:
+            return cls(20_000, 1.2, 4.5, 2.0, 2.0, 0.8, 0.5)
+        return cls(250_000, 8.0, 14.0, 5.0, 4.0, 1.0, 1.0)
+
+
+@dataclass
+class EngineRun:
+    """One ``stashflow run`` and what came of it."""
+
+    argv: list[str]
+    returncode: int
+    stderr: str
+    wall_s: float
+    killed_at: float | None  # seconds since the epoch
+    metrics: dict[str, Any]
+    out_dir: Path
+    cpu_s_by_others: float | None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "wall_s": round(self.wall_s, 2),
+            "engine_elapsed_s": self.metrics.get("elapsed_s"),
+            "source_records": self.metrics.get("source_records"),
+            "cpu_s_by_others": self.cpu_s_by_others,
+            "command": " ".join(self.argv[1:]),
+        }
+
+    def error_line(self) -> str:
+        lines = [x for x in self.stderr.splitlines() if x.startswith("stashflow: error:")]
+        return lines[-1] if lines else tail(self.stderr, 3).replace("\n", " | ")
+
+
+def find_pinned_worker(session: int, instance: str) -> int | None:
+    """The pid of the worker pinned to ``instance`` among the processes of ``session`` (Linux /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text()
+            if int(stat.rpartition(")")[2].split()[3]) != session:
+                continue
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            if b"--pin" in args and args[args.index(b"--pin") + 1].decode().endswith(":" + instance):
+                return int(entry.name)
+    return None
+
+
+class Bench:
+    """Runs the phases of every mode and keeps their figures."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.s: Settings = args.settings
+        self.runs_dir: Path = args.out / "ft-runs"
+        self.words = words_per_sentence()
+        self.offered: float | None = args.offered_rate  # source sentences/s, both sources together
+        self.modes: dict[str, dict[str, Any]] = {m: {} for m in args.modes}
+        self.failed: dict[str, PhaseFailed] = {}
+
+    @property
+    def offered_sink(self) -> float:
+        assert self.offered is not None
+        return self.offered * self.words
+
+    async def engine(
+        self,
+        mode: str,
+        phase: str,
+        sentences: int,
+        *,
+        rate: float | None = None,
+        gcs_delay_ms: float = 0.0,
+        kill_at: float | None = None,
+        self_kill_at: float | None = None,
+    ) -> EngineRun:
+        """Run the job once; ``kill_at``: ``--kill count/1@T``; ``self_kill_at``: SIGKILL count/1's worker
+        ourselves T s after the first output (``--ft none``, which ``--kill`` refuses)."""
+        work = self.runs_dir / f"{mode}-{phase}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        out, metrics_file = work / "output", work / "metrics.json"
+        load_s = sentences / rate if rate else 60.0
+        timeout = load_s + 60
+        argv = [
+            sys.executable, "-m", "engine", "run", str(JOB),
+            "-P", f"sentences={sentences}", "-P", f"output={out}", "-P", "sink_parallelism=1",
+            *(["-P", f"rate={rate:.1f}"] if rate else []),
+            "--parallelism", "2", "--ft", mode,
+            "--checkpoint-interval", f"{self.args.checkpoint_interval:g}",
+            "--gcs-delay-ms", f"{gcs_delay_ms:g}",
+            "--timeout", f"{timeout:g}", "--metrics-out", str(metrics_file),
+            *(["--kill", f"{VICTIM}@{kill_at:g}"] if kill_at is not None else []),
+        ]  # fmt: skip
+        env = {"STASHFLOW_HEARTBEAT_S": f"{self.args.heartbeat_s:g}"}
+        killed_at: float | None = None
+        chunks: list[bytes] = []
+        print(f"ft: {mode:<10} {phase:<13} {sentences:>9,} sentences/source"
+              + (f" at {rate * 2:,.0f}/s" if rate else ", no rate limit"), file=sys.stderr)  # fmt: skip
+        with OtherWork() as others:
+            began = time.perf_counter()
+            proc = await start(argv, env=env)
+
+            async def read_stderr() -> None:
+                nonlocal killed_at
+                assert proc.stderr is not None
+                marker = f"--kill {VICTIM}@".encode()
+                while chunk := await proc.stderr.read(65536):
+                    if killed_at is None and marker in chunk and b": killed " in chunk:
+                        killed_at = time.time()  # the CLI prints it right after the SIGKILL
+                    chunks.append(chunk)
+
+            async def drain_stdout() -> None:
+                assert proc.stdout is not None
+                while await proc.stdout.read(65536):
+                    pass
+
+            async def kill_victim(after_s: float) -> None:
+                nonlocal killed_at
+                part = out / "part-0.jsonl"
+                while not (part.exists() and part.stat().st_size > 0):
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(after_s)
+                pid = find_pinned_worker(proc.pid, VICTIM)
+                if pid is not None:
+                    os.kill(pid, signal.SIGKILL)
+                    killed_at = time.time()
+
+            readers = [asyncio.create_task(read_stderr()), asyncio.create_task(drain_stdout())]
+            killer = asyncio.create_task(kill_victim(self_kill_at)) if self_kill_at is not None else None
+            try:
+                await asyncio.wait_for(proc.wait(), timeout + 30)
+            except TimeoutError:
+                raise PhaseFailed(
+                    mode, phase, f"the CLI did not end within {timeout + 30:g} s; killed"
+                ) from None
+            finally:
+                if killer is not None:
+                    killer.cancel()
+                kill_group(proc)  # workers the CLI left behind
+                await asyncio.wait(readers, timeout=5)
+                for r in readers:
+                    r.cancel()
+            wall = time.perf_counter() - began
+        stderr = b"".join(chunks).decode(errors="replace")
+        (work / "stderr.txt").write_text(stderr)
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise PhaseFailed(
+                mode, phase, f"no metrics (exit code {proc.returncode}): {exc}; CLI said: {tail(stderr, 3)}"
+            ) from None
+        return EngineRun(argv, proc.returncode or 0, stderr, wall, killed_at, metrics, out, others.cpu_s)
+
+    def finished(self, mode: str, phase: str, run: EngineRun, sentences: int) -> None:
+        """The run must have finished, its sink's timeline must count every record written (without a
+        kill, no report can have been lost), and under a mode that promises it the output must be exactly
+        once (``--quick`` checks that on the failure runs only: reading the output is slow)."""
+        if run.returncode != 0 or run.metrics.get("state") != "finished":
+            raise PhaseFailed(
+                mode, phase, f"the job did not finish (exit code {run.returncode}): {run.error_line()}"
+            )
+        written = sum(r for r, _, _ in sink_timeline(run.metrics).buckets.values())
+        if run.killed_at is None and written != 2 * sentences * self.words:
+            raise PhaseFailed(
+                mode, phase, f"the sink's timeline counts {written:,} records written, the job wrote "
+                f"{2 * sentences * self.words:,}: reports were lost"
+            )  # fmt: skip
+        if mode != "none" and (phase == "failure" or not self.args.quick):
+            try:
+                check_exactly_once(run.out_dir, sentences)
+            except ValueError as exc:
+                raise PhaseFailed(mode, phase, str(exc)) from None
+        shutil.rmtree(run.out_dir, ignore_errors=True)  # checked: only the metrics are worth keeping
+
+    # --- phases ----------------------------------------------------------------------------------------
+
+    async def throughput(self, mode: str) -> None:
+        n = self.s.throughput_sentences
+        run = await self.engine(mode, "throughput", n)
+        self.finished(mode, "throughput", run, n)
+        self.modes[mode]["throughput"] = run.metrics["records_per_s"]
+        self.modes[mode].setdefault("runs", {})["throughput"] = run.summary()
+
+    async def latency(self, mode: str, gcs_delay_ms: float) -> None:
+        phase = "latency" if gcs_delay_ms == 0 else "latency-gcs5"
+        assert self.offered is not None
+        n = round(self.offered / 2 * self.s.latency_s)
+        run = await self.engine(mode, phase, n, rate=self.offered / 2, gcs_delay_ms=gcs_delay_ms)
+        self.finished(mode, phase, run, n)
+        tl = sink_timeline(run.metrics)
+        warmup_ms = int(self.s.warmup_s * 1000)
+        figures: dict[str, Any] = latency_figures(tl, warmup_ms)
+        if figures["p99_ms"] is None:
+            # a short (--quick) run of a mode whose sink writes in bursts (checkpoint: at checkpoint
+            # completion) may have written everything within the warm-up: then every batch counts
+            warmup_ms = 0
+            figures = latency_figures(tl, warmup_ms)
+        figures["warmup_ms"] = warmup_ms
+        span = output_span(tl)
+        if figures["p99_ms"] is None or span is None:
+            raise PhaseFailed(mode, phase, "the sink's timeline has no stamped batches")
+        start = span[0] + warmup_ms
+        figures["output_share"] = round(
+            window(tl, start, span[0] + int(self.s.latency_s * 1000))[0] / self.offered_sink, 3
+        )
+        if mode in ("lineage", "wal"):
+            figures["stash"] = stash_summary(run.metrics)
+        if gcs_delay_ms == 0:
+            self.modes[mode].update(figures)
+        else:
+            self.modes[mode]["gcs5"] = figures
+        self.modes[mode].setdefault("runs", {})[phase] = run.summary()
+
+    async def failure(self, mode: str) -> None:
+        assert self.offered is not None
+        rate, n = self.offered / 2, round(self.offered / 2 * self.s.failure_s)
+        if mode == "none":
+            run = await self.engine(mode, "failure", n, rate=rate, self_kill_at=self.s.kill_at)
+            if run.metrics.get("state") != "failed" or run.killed_at is None:
+                raise PhaseFailed(
+                    mode, "failure", f"expected the kill to fail the job; it is {run.metrics.get('state')!r} "
+                    f"(killed: {run.killed_at is not None}): {run.error_line()}"
+                )  # fmt: skip
+            rerun_n = round(rate * self.s.rerun_s)
+            rerun = await self.engine(mode, "rerun", rerun_n, rate=rate)
+            self.finished(mode, "rerun", rerun, rerun_n)
+            shutil.rmtree(run.out_dir, ignore_errors=True)
+            rolled_back = sorted(run.metrics["instances"])
+            rerun_span = output_span(sink_timeline(rerun.metrics))
+            if rerun_span is None:
+                raise PhaseFailed(mode, "rerun", "the rerun wrote no output")
+            tl = Timeline.combine([sink_timeline(run.metrics), sink_timeline(rerun.metrics)])
+            self.modes[mode].setdefault("runs", {})["rerun"] = rerun.summary()
+        else:
+            run = await self.engine(mode, "failure", n, rate=rate, kill_at=self.s.kill_at)
+            self.finished(mode, "failure", run, n)
+            if run.killed_at is None:
+                raise PhaseFailed(
+                    mode, "failure", f"the CLI never reported killing {VICTIM}: {run.error_line()}"
+                )
+            instances = run.metrics["instances"]
+            rolled_back = sorted(name for name, m in instances.items() if m.get("restarts"))
+            if VICTIM not in rolled_back:
+                raise PhaseFailed(mode, "failure", f"{VICTIM} was killed but did not restart: {rolled_back}")
+            tl = sink_timeline(run.metrics)
+        self.modes[mode].setdefault("runs", {})["failure"] = run.summary()
+        kill_ms = run.killed_at * 1000
+        span = output_span(sink_timeline(run.metrics))
+        if span is None or span[0] + self.s.warmup_s * 1000 >= kill_ms:
+            raise PhaseFailed(mode, "failure", "no output before the kill to measure the steady state on")
+        # the sources offer their load until their last sentence, later than planned if the job stalled
+        until_ms = max(k for k, (r, _, _) in tl.buckets.items() if r) + BUCKET_MS
+        steady = latency_figures(tl, int(self.s.warmup_s * 1000), int(kill_ms) // BUCKET_MS * BUCKET_MS)
+        if steady["p99_ms"] is None:
+            raise PhaseFailed(mode, "failure", "no stamped batches before the kill")
+        steady_start = span[0] + int(self.s.warmup_s * 1000)
+        steady["output_share"] = round(window(tl, steady_start, int(kill_ms))[0] / self.offered_sink, 3)
+        if self.args.quick:  # the latency at GCS delay 0 comes from the steady part of this run
+            self.modes[mode].update(steady)
+        # under checkpoint, output comes in bursts as checkpoints complete: no window may fall between two
+        hold = int(self.s.hold_s * 1000)
+        if mode == "checkpoint":
+            hold = max(hold, int(self.args.checkpoint_interval * 1000))
+        recovery = recovery_s(
+            tl, kill_ms, self.offered_sink, steady["p99_ms"], until_ms=until_ms, hold_ms=hold
+        )
+        victim = run.metrics["instances"].get(VICTIM, {})
+        self.modes[mode].update(
+            {
+                "recovery_s": recovery,
+                "rolled_back": rolled_back,
+                "steady_p99_ms": steady["p99_ms"],
+                "steady_output_share": steady["output_share"],
+                "recovery_window_s": hold / 1000,
+                "zero_output_max_s": longest_zero_s(tl, kill_ms, until_ms),
+                "kill_after_s": round((kill_ms - span[0]) / 1000, 3),
+                "live_s": [r.get("live_s") for r in victim.get("recoveries", [])],
+                "timeline": series(tl, kill_ms),
+            }
+        )
+        if mode == "lineage":
+            s = stash_series(run.metrics)
+            self.modes[mode]["stash_timeline"] = {
+                "t_s": [round((t - kill_ms) / 1000, 3) for t in s["t_ms"]],
+                "stash_bytes": s["stash_bytes"],
+                "piggybacked_per_s": s["piggybacked_per_s"],
+            }
+
+    async def phase(self, mode: str, name: str, step: Any) -> None:
+        if mode in self.failed:
+            return
+        try:
+            await step
+        except PhaseFailed as exc:
+            self.failed[mode] = exc
+            print(f"ft: FAILED: {exc}", file=sys.stderr)
+        finally:
+            step.close()  # a step skipped above was never awaited
+
+    async def run(self) -> None:
+        order = list(self.modes)
+        for mode in order:
+            await self.phase(mode, "throughput", self.throughput(mode))
+        if self.offered is None:
+            if "none" in self.modes and "throughput" in self.modes["none"]:
+                self.offered = self.modes["none"]["throughput"] / 2
+            else:
+                for mode in order:
+                    self.failed.setdefault(
+                        mode, PhaseFailed(mode, "latency", "no offered rate: none's throughput run failed")
+                    )
+                return
+        for mode in order:
+            if not self.args.quick:
+                await self.phase(mode, "latency", self.latency(mode, 0.0))
+            if mode != "none":
+                await self.phase(mode, "latency-gcs5", self.latency(mode, 5.0))
+        for mode in order:
+            await self.phase(mode, "failure", self.failure(mode))
+        for mode in order:
+            if mode != "none" and mode not in self.failed and "gcs5" not in self.modes[mode]:
+                self.modes[mode]["gcs5"] = None
+            if mode == "none":
+                self.modes[mode]["gcs5"] = None  # no GCS in --ft none
+
+    def report(self, machine: dict[str, Any], started: float) -> dict[str, Any]:
+        modes: dict[str, Any] = {}
+        for mode, figures in self.modes.items():
+            if mode in self.failed:
+                exc = self.failed[mode]
+                modes[mode] = {"error": exc.error, "phase": exc.phase}
+            else:
+                modes[mode] = figures
+        ok = {m: f for m, f in modes.items() if "error" not in f}
+        return {
+            "benchmark": "ft",
+            "quick": self.args.quick,
+            "config": {
+                "job": str(JOB.relative_to(REPO)),
+                "parallelism": 2,
+                "sink_parallelism": 1,
+                "victim": VICTIM,
+                "checkpoint_interval_s": self.args.checkpoint_interval,
+                "heartbeat_s": self.args.heartbeat_s,
+                "words_per_sentence": self.words,
+                **{k: v for k, v in vars(self.s).items()},
+                "recovery_rule": f"rate >= {RATE_SHARE:g} x offered and p99 < {P99_FACTOR:g} x steady, "
+                f"over {self.s.hold_s:g} s windows (checkpoint: at least the checkpoint interval), held as long",
+            },
+            "offered_rate": self.offered,
+            "offered_sink_rate": self.offered_sink if self.offered else None,
+            "machine": machine,
+            "wall_s": round(time.perf_counter() - started, 1),
+            "modes": modes,
+            "targets": targets(ok),
+        }
+
+
+# --- the command line ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="stashflow bench ft", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the smoke test: short phases, under 90 s")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out", help="where the results go")
+    parser.add_argument(
+        "--modes",
+        default=",".join(["none", *(m for m in FT_MODES if m != "none")]),
+        help=f"comma-separated --ft modes (default: all of this build's, none first: {', '.join(FT_MODES)})",
+    )
+    parser.add_argument(
+        "--offered-rate",
+        type=float,
+        default=None,
+        help="sentences/s of both sources together for the latency and failure runs (default: half of none's max)",
+    )
+    parser.add_argument("--checkpoint-interval", type=float, default=1.0, help="seconds, every mode alike")
+    parser.add_argument("--heartbeat-s", type=float, default=0.1, help="seconds between workers' reports")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        help="seconds to wait for other work to stop (default 20; quick 0)",
+    )
+    args = parser.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in FT_MODES]
+    if unknown or not modes:
+        parser.error(
+            f"--modes {args.modes!r}: this build has {', '.join(FT_MODES)}; not {', '.join(unknown)}"
+        )
+    if "none" not in modes and args.offered_rate is None:
+        parser.error("without mode none, give the offered rate: --offered-rate SENTENCES_PER_S")
+    args.modes = sorted(dict.fromkeys(modes), key=lambda m: (m != "none", modes.index(m)))
+    if args.offered_rate is not None and args.offered_rate <= 0:
+        parser.error("--offered-rate must be positive")
+    if args.checkpoint_interval <= 0 or args.heartbeat_s <= 0:
+        parser.error("--checkpoint-interval and --heartbeat-s must be positive")
+    if args.quiet_wait is None:
+        args.quiet_wait = 0.0 if args.quick else 20.0
+    args.settings = Settings.of(args.quick)
+    args.out = args.out.resolve()
+    return args
+
+
+async def main_async(args: argparse.Namespace, report_module: Any) -> int:
+    started = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.quiet_wait > 0:
+        await wait_until_quiet(args.quiet_wait)
+    machine = machine_info()
+    bench = Bench(args)
+    await bench.run()
+    report = bench.report(machine, started)
+    path = args.out / "ft.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    report_module.write_markdown(report, args.out / "ft.md")
+    written = [path, args.out / "ft.md", *report_module.write_plots(report, args.out)]
+    print(f"ft: wrote {', '.join(str(p) for p in written)} in {report['wall_s']:g} s", file=sys.stderr)
+    for exc in bench.failed.values():
+        print(f"ft: FAILED: {exc}", file=sys.stderr)
+    return 1 if bench.failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``stashflow bench ft``: 0 when every mode ran and passed its checks, 1 otherwise, 2 on bad usage."""
+    args = parse_args(argv)
+    try:
+        import ft_report
+    except ImportError as exc:
+        print(f"ft: error: the plots need matplotlib ({exc}); pip install -e '.[bench]'", file=sys.stderr)
+        return 2
+    return asyncio.run(main_async(args, ft_report))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""Flink-style global checkpoints inside one task instance: mode ``--ft checkpoint`` (DESIGN.md §8).
+
+The baseline the lineage stash is measured against, built on the same hooks (:mod:`engine.fault_tolerance`):
+
+* **Barriers.** The coordinator triggers checkpoint ``n`` at every source instance; a source, between
+  two batches, flushes its buffers, snapshots itself and sends a *barrier* (a record-less batch with
+  ``barrier=n``, :class:`engine.codec.Batch`) on every output channel, in order with the data.
+* **Alignment.** An instance with several inputs that receives barrier ``n`` on one stops taking
+  batches from it (they wait in the channel, whose credits then hold the sender back) until barrier
+  ``n`` came on every input still open; then it snapshots and forwards the barrier. Everything
+  before the barriers is in the snapshot, nothing after: the snapshots of all instances form one
+  consistent cut.
+* **Acknowledgment.** Each instance writes its snapshot (keyed state through
+  :class:`~engine.checkpoint.CheckpointStore`, a :class:`~engine.checkpoint.CheckpointRecord` with
+  operator state and the source offset) and acknowledges it; checkpoint ``n`` is complete once every
+  instance did (:mod:`engine.global_rollback`).
+* **Transactional sinks (two-phase commit).** A sink holds its output: the batches of epoch ``n``
+  (after barrier ``n-1``, up to barrier ``n``) are pre-committed by snapshot ``n`` and written once
+  checkpoint ``n`` is complete (:class:`EpochGate`). A rollback can thus never take back output the
+  world saw, and output appears at checkpoint completion: the latency price of this mode.
+* **End of input.** Each instance takes a last, *final* checkpoint when its input ends; sinks write
+  their remaining output once the final checkpoint of every instance is complete.
+* **Rollback.** Any failure restarts *every* instance from the last complete checkpoint (sources
+  rewind to its offsets, channels start afresh); nothing is replayed from a log, so user functions
+  need not be deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import msgpack
+
+from engine.checkpoint import CheckpointRecord, CheckpointStore
+from engine.codec import pack, unpack
+from engine.connector import SinkWriter
+from engine.errors import ChannelBroken
+from engine.fault_tolerance import ChannelSender, FaultTolerance
+from engine.metrics import BatchStamp
+from engine.state import KeyedState
+
+if TYPE_CHECKING:
+    from engine.instance import TaskInstance
+    from engine.lineage import Recovery
+
+__all__ = ["FINAL_CHECKPOINT", "BarrierServices", "CheckpointFT", "EpochGate"]
+
+log = logging.getLogger("stashflow.checkpoint")
+
+#: the ids of the checkpoints every instance takes when its input ends: ``FINAL_CHECKPOINT + epoch``
+#: (greater than any periodic one, and new after each rollback)
+FINAL_CHECKPOINT: Final = 2**40
+#: how long a sender whose receiver died waits for the rollback that replaces them both
+ROLLBACK_WAIT_S: Final = 30.0
+
+
+@dataclass
+class BarrierServices:
+    """What the hosting worker provides to the global-checkpoint runtime of its instances."""
+
+    job_id: str
+    store: CheckpointStore
+    send: Callable[[dict[str, Any]], Awaitable[None]]  # a control message to the coordinator
+
+
+class EpochGate:
+    """A sink's two-phase commit: output is held per epoch and written when its checkpoint completes.
+
+    Held batches are kept msgpack-encoded (an epoch holds a whole checkpoint interval of output).
+    """
+
+    def __init__(self, ft: CheckpointFT):
+        self.ft = ft
+        self.stamp: BatchStamp | None = None
+        #: batches since the last barrier: (writer index, encoded records, ingest stamp)
+        self.current: list[tuple[int, bytes, int | None]] = []
+        #: pre-committed epochs, by the checkpoint that sealed them, oldest first
+        self.sealed: dict[int, list[tuple[int, bytes, int | None]]] = {}
+        self.held_records = 0
+        self._writers: dict[int, int] = {}
+
+    def hold(self, writer: SinkWriter, records: Sequence[Any], stamp: BatchStamp | None) -> None:
+        self.stamp = stamp
+        index = self._writers.get(id(writer))
+        if index is None:
+            index = self._writers[id(writer)] = next(
+                i for i, w in enumerate(self.ft.sink_writers()) if w is writer
+            )
+        self.current.append((index, pack(list(records)), stamp.ingest_ns if stamp is not None else None))
+        self.held_records += len(records)
+
+    def seal(self, checkpoint_id: int) -> None:
+        """Barrier ``checkpoint_id`` passed: what was held since the last one belongs to that checkpoint."""
+        self.sealed[checkpoint_id] = self.current
+        self.current = []
+
+    def snapshot(self) -> list[Any]:
+        """The pre-committed epochs, to be written on restore (their checkpoint is then complete)."""
+        return [[cid, batches] for cid, batches in self.sealed.items()]
+
+    def restore(self, epochs: Sequence[Any]) -> None:
+        """Restored from a complete checkpoint: its pre-committed epochs are committed; write them now.
+
+        A writer restored to the checkpoint skips what it finds already written (the commit before the
+        failure may have got that far), so committing twice writes once.
+        """
+        for _cid, batches in epochs:
+            self._write([(int(i), bytes(data), None) for i, data, _ in batches])
+
+    def commit(self, checkpoint_id: int) -> None:
+        """Checkpoint ``checkpoint_id`` is complete: write every epoch it (and any before it) sealed."""
+        for cid in [c for c in self.sealed if c <= checkpoint_id]:
+            self._write(self.sealed.pop(cid))
+
+    def _write(self, batches: list[tuple[int, bytes, int | None]]) -> None:
+        writers = self.ft.sink_writers()
+        stamp = self.stamp
+        for index, data, ingest in batches:
+            records = msgpack.unpackb(data, use_list=False, strict_map_key=False)
+            writers[index].write_batch(records)
+            self.held_records -= len(records)
+            if stamp is not None and ingest is not None:
+                stamp.written(ingest, len(records))
+        if self.held_records < 0:
+            self.held_records = 0  # restored epochs were not counted in
+
+
+class _RollbackAwareSender(ChannelSender):
+    """A sender whose receiver died waits for the job's rollback (which cancels it) instead of failing.
+
+    The receiver's loss is the coordinator's to handle; failing this instance as well would fail the job.
+    If no rollback comes within :data:`ROLLBACK_WAIT_S`, the broken channel is an error after all.
+    """
+
+    async def _guard(self, send: Awaitable[None]) -> None:
+        try:
+            await send
+        except ChannelBroken:
+            log.info(
+                "%s: receiver %s lost; waiting for the job's rollback",
+                self.channel_id.src,
+                self.channel_id.dst,
+            )
+            await asyncio.sleep(ROLLBACK_WAIT_S)
+            raise
+
+    async def send(self, records: Sequence[Any], ingest_ns: int | None = None) -> None:
+        await self._guard(super().send(records, ingest_ns))
+
+    async def send_barrier(self, checkpoint_id: int) -> None:
+        await self._guard(super().send_barrier(checkpoint_id))
+
+    async def send_eos(self) -> None:
+        await self._guard(super().send_eos())
+
+
+class CheckpointFT(FaultTolerance):
+    """Mode ``checkpoint``: aligned barriers, global checkpoints, global rollback (DESIGN.md §8)."""
+
+    mode = "checkpoint"
+
+    def __init__(self, instance: TaskInstance, services: BarrierServices, recovery: Recovery | None = None):
+        super().__init__(instance)
+        self.services = services
+        self.recovery = recovery
+        self.incarnation = recovery.restarts if recovery else 0
+        self.record = recovery.record if recovery else None
+        #: restored from the final checkpoint: the input had ended, only the end of stream is left to send
+        self.input_done = self.record is not None and self.record.checkpoint_id >= FINAL_CHECKPOINT
+        self.states: dict[str, KeyedState] = {}
+        self.gate = EpochGate(self)
+        self.senders: list[ChannelSender] = []
+        self.triggered: int | None = None  # a source: the checkpoint to inject at the next batch boundary
+        self.aligning: int | None = None  # the barrier being aligned
+        self.arrived: set[int] = set()  # inputs whose barrier ``aligning`` came
+        self.final_complete = asyncio.Event()
+        self.checkpoints_taken = 0
+        self.checkpoint_ms: float | None = None
+        self.alignment_s = 0.0
+        self._aligning_since = 0.0
+
+    # -- state and sinks ---------------------------------------------------------------------------
+
+    def state_opener(self) -> Callable[[str], KeyedState]:
+        return self.open_state
+
+    def open_state(self, step: str) -> KeyedState:
+        store, job, name = self.services.store, self.services.job_id, self.instance.name
+        restore_from = None
+        if self.record is not None and step in self.record.state_dirs:
+            restore_from = store.path_of(job, self.record.state_dirs[step])
+        path = f"{store.state_path(job, name, step)}.{self.incarnation}"
+        state = KeyedState.open(path, restore_from=restore_from)
+        self.states[step] = state
+        return state
+
+    def output_gate(self) -> EpochGate:
+        return self.gate
+
+    def sink_writers(self) -> list[SinkWriter]:
+        return [op.writer for op in self.instance.ops if hasattr(op, "writer")]
+
+    def sender(self, channel: Any, channel_id: Any) -> ChannelSender:
+        sender = _RollbackAwareSender(channel, channel_id)
+        self.senders.append(sender)
+        return sender
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        inst, record = self.instance, self.record
+        if inst.gate is not None:
+            # an upstream that dies is restarted with everyone else: its broken channel is not an error here
+            inst.gate.tolerate_broken = True
+        if record is not None:
+            for router, position in zip(inst.routers, record.operators.get("__routers__", ()), strict=False):
+                router.restore(position)
+            if inst.reader is not None and record.source_offset is not None:
+                inst.reader.seek(record.source_offset)
+        for ctx, op in zip(inst.contexts, inst.ops, strict=True):
+            if record is not None and ctx.step.name in record.operators:
+                op.restore(record.operators[ctx.step.name])
+            elif self.recovery is not None:
+                op.restore(op.snapshot())  # rolled back before any checkpoint completed: from the start
+        if record is not None:
+            self.gate.restore(self._read_held(record.checkpoint_id))
+        if self.input_done:
+            self.final_complete.set()  # the final checkpoint it restarts from is complete
+        if self.recovery is not None:
+            await self._send({"type": "recovered", "replayed_batches": 0, "time": time.time()})
+
+    async def finish(self) -> None:
+        """End of input: take the final checkpoint; a sink writes its output once that is complete."""
+        if not self.input_done:
+            await self._snapshot(FINAL_CHECKPOINT + self.incarnation)
+        if self.sink_writers():
+            await self.final_complete.wait()
+            for writer in self.sink_writers():
+                writer.flush()
+
+    # -- barriers ----------------------------------------------------------------------------------
+
+    def on_trigger(self, checkpoint_id: int) -> None:
+        """The coordinator asks this source instance to inject barrier ``checkpoint_id``."""
+        if self.triggered is None or checkpoint_id > self.triggered:
+            self.triggered = checkpoint_id
+
+    async def between_batches(self) -> None:
+        if self.triggered is not None:
+            checkpoint_id, self.triggered = self.triggered, None
+            await self._snapshot(checkpoint_id)
+
+    async def on_barrier(self, index: int, checkpoint_id: int) -> None:
+        """Barrier ``checkpoint_id`` arrived on input ``index``: align, then snapshot and forward it."""
+        gate = self.instance.gate
+        assert gate is not None
+        if self.aligning is not None and checkpoint_id != self.aligning:
+            if checkpoint_id < self.aligning:
+                return  # the barrier of a checkpoint this instance already gave up: ignore it
+            # a newer checkpoint overtook the one being aligned (a source never injected that one)
+            log.info("%s: checkpoint %d abandoned for %d", self.instance.name, self.aligning, checkpoint_id)
+            self._end_alignment()
+        if self.aligning is None:
+            self.aligning = checkpoint_id
+            self._aligning_since = time.perf_counter()
+        self.arrived.add(index)
+        gate.block(index)
+        await self.on_input_change()
+
+    async def on_input_change(self) -> None:
+        """An input delivered its barrier or ended: the alignment may be complete."""
+        gate = self.instance.gate
+        if self.aligning is None or gate is None:
+            return
+        if all(i in self.arrived or gate.channels[i].finished for i in range(len(gate.channels))):
+            checkpoint_id = self.aligning
+            self._end_alignment()
+            await self._snapshot(checkpoint_id)
+
+    def _end_alignment(self) -> None:
+        self.alignment_s += time.perf_counter() - self._aligning_since
+        self.aligning = None
+        self.arrived.clear()
+        assert self.instance.gate is not None
+        self.instance.gate.unblock()
+
+    async def _snapshot(self, checkpoint_id: int) -> None:
+        """Snapshot this instance for ``checkpoint_id``, forward the barrier, acknowledge."""
+        inst, services = self.instance, self.services
+        began = time.perf_counter()
+        await inst.flush_for_checkpoint()  # everything before the barrier goes out before it
+        self.gate.seal(checkpoint_id)
+        state_dirs = services.store.take(services.job_id, inst.name, checkpoint_id, self.states)
+        operators: dict[str, Any] = {
+            ctx.step.name: snap
+            for ctx, op in zip(inst.contexts, inst.ops, strict=True)
+            if (snap := op.snapshot()) is not None
+        }
+        operators["__routers__"] = [r.snapshot() for r in inst.routers]
+        if self.gate.sealed:
+            with open(self._held_path(checkpoint_id), "wb") as f:
+                f.write(pack(self.gate.snapshot()))
+        record = CheckpointRecord(
+            instance=inst.name,
+            checkpoint_id=checkpoint_id,
+            log_position=0,
+            source_offset=inst.reader.offset() if inst.reader is not None else None,
+            operators=operators,
+            state_dirs=state_dirs,
+        )
+        if checkpoint_id < FINAL_CHECKPOINT:  # the end of stream that follows is the final barrier
+            for sender in self.senders:
+                await sender.send_barrier(checkpoint_id)
+        self.checkpoints_taken += 1
+        self.checkpoint_ms = (time.perf_counter() - began) * 1000
+        await self._send({"type": "barrier_ack", "checkpoint_id": checkpoint_id, "record": record.to_bytes()})
+
+    def _held_path(self, checkpoint_id: int) -> str:
+        base = self.services.store.instance_dir(self.services.job_id, self.instance.name)
+        return os.path.join(base, f"chk-{checkpoint_id}", "held-output.msgpack")
+
+    def _read_held(self, checkpoint_id: int) -> Sequence[Any]:
+        path = self._held_path(checkpoint_id)
+        if not os.path.exists(path):
+            return ()
+        with open(path, "rb") as f:
+            held: Sequence[Any] = unpack(f.read())
+        return held
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        services = self.services
+        await services.send(
+            {
+                "job": services.job_id,
+                "instance": self.instance.name,
+                "incarnation": self.incarnation,
+                **message,
+            }
+        )
+
+    # -- messages from the coordinator -------------------------------------------------------------
+
+    def on_checkpoint_complete(self, checkpoint_id: int) -> None:
+        self.gate.commit(checkpoint_id)
+        if checkpoint_id >= FINAL_CHECKPOINT:
+            self.final_complete.set()
+        with contextlib.suppress(Exception):
+            self.services.store.discard_before(self.services.job_id, self.instance.name, checkpoint_id)
+
+    # -- observability -----------------------------------------------------------------------------
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "ft": "checkpoint",
+            "checkpoints": self.checkpoints_taken,
+            "checkpoint_ms": self.checkpoint_ms,
+            "alignment_s": round(self.alignment_s, 4),
+            "held_sink_records": self.gate.held_records,
+        }
