@@ -26,13 +26,14 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -334,10 +335,22 @@ class CheckpointStore:
             shutil.rmtree(path, ignore_errors=True)
         return stale
 
-    def remove_job(self, job_id: str) -> None:
-        """Delete everything the store holds for ``job_id`` (after the job ended)."""
+    def remove_job(self, job_id: str, instances: Iterable[str] | None = None) -> None:
+        """Delete what the store holds for ``job_id`` (after the job ended): everything, or only the
+        directories of ``instances`` and then the job's directory if that left it empty.
+
+        Workers sharing a store (a shared volume, local mode) each remove their own instances: one must
+        not pull the files from under another that is still closing its state.
+        """
         _check_component("job id", job_id)
-        shutil.rmtree(os.path.join(self.root, job_id), ignore_errors=True)
+        job_dir = os.path.join(self.root, job_id)
+        if instances is None:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            return
+        for name in instances:
+            shutil.rmtree(self.instance_dir(job_id, name), ignore_errors=True)
+        with contextlib.suppress(OSError):  # not empty: another worker's instances are still there
+            os.rmdir(job_dir)
 
 
 def _list(directory: str) -> list[str]:

@@ -320,7 +320,7 @@ class LineageFT(FaultTolerance):
                 router.restore(position)
             if inst.reader is not None and record.source_offset is not None:
                 inst.reader.seek(record.source_offset)
-            self.gate.restore(record.operators.get("__held__", ()))
+            self.gate.restore(self._restored_held(record.checkpoint_id))
         for ctx, op in zip(inst.contexts, inst.ops, strict=True):
             if record is not None and ctx.step.name in record.operators:
                 op.restore(record.operators[ctx.step.name])
@@ -473,6 +473,18 @@ class LineageFT(FaultTolerance):
                     self._saved_outputs = unpack(f.read())
         return [(int(seq), bytes(frame)) for seq, frame in self._saved_outputs.pop(key, ())]
 
+    def _held_path(self, checkpoint_id: int) -> str:
+        base = self.services.store.instance_dir(self.services.job_id, self.instance.name)
+        return os.path.join(base, f"chk-{checkpoint_id}", "held-output.msgpack")
+
+    def _restored_held(self, checkpoint_id: int) -> Any:
+        """The sink batches the checkpoint held back (processed, not yet released), if any."""
+        path = self._held_path(checkpoint_id)
+        if not os.path.exists(path):
+            return ()
+        with open(path, "rb") as f:
+            return unpack(f.read())
+
     def _outlog_path(self, checkpoint_id: int) -> str:
         base = self.services.store.instance_dir(self.services.job_id, self.instance.name)
         return os.path.join(base, f"chk-{checkpoint_id}", "output-logs.msgpack")
@@ -501,7 +513,10 @@ class LineageFT(FaultTolerance):
             if (snap := op.snapshot()) is not None
         }
         operators["__routers__"] = [r.snapshot() for r in inst.routers]
-        operators["__held__"] = self.gate.snapshot()
+        held = self.gate.snapshot()
+        if held:  # in the checkpoint's directory, not the record: it can be many batches of records
+            with open(self._held_path(cid), "wb") as f:
+                f.write(pack(held))
         outputs = {
             s.key: list(s.outlog.frames_after(s.outlog.first_seq - 1))
             for s in self.senders

@@ -80,6 +80,7 @@ class _JobLineage:
     recoveries: dict[str, list[InstanceRecovery]] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     broadcast_scheduled: bool = False
+    trim_scheduled: bool = False
     lag_ms: list[float] = field(default_factory=list)
 
 
@@ -92,6 +93,8 @@ class LineageCoordinator:
         self.coord = coordinator
         self.gcs = gcs
         self.publish_s = publish_ms / 1000.0
+        #: how often workers without sinks hear of commits (their stashes trim; nothing waits on it)
+        self.trim_publish_s = max(self.publish_s, 0.025)
         self.stash_query_timeout = stash_query_timeout
         self.jobs: dict[str, _JobLineage] = {}
         self._queries: dict[int, tuple[asyncio.Future[None], list[Any], set[str]]] = {}
@@ -130,21 +133,31 @@ class LineageCoordinator:
             await self._complete_checkpoints(run, lineage)
 
     def _schedule_broadcast(self, run: JobRun, lineage: _JobLineage) -> None:
-        if lineage.broadcast_scheduled:
-            return
-        lineage.broadcast_scheduled = True
+        """Publish commit positions: to the workers hosting sinks every ``publish_s``, to the rest every
+        ``trim_publish_s``.
 
-        async def broadcast() -> None:
-            # coalesce: every acknowledgment within the window goes out in one message per worker. The
-            # window bounds the control traffic (each flush of each instance would otherwise cost one
-            # message to every worker of the job) at the price of that much more commit latency
-            await asyncio.sleep(self.publish_s)
+        Coalescing bounds the control traffic (each flush of each instance would otherwise cost one
+        message to every worker of the job). Only sinks wait for commits (the output-commit rule), so
+        only they get them fast; elsewhere commits merely trim stashes, which can wait a little longer.
+        """
+        if not lineage.broadcast_scheduled:
+            lineage.broadcast_scheduled = True
+            self.coord.spawn(self._publish(run, lineage, sinks=True))
+        if not lineage.trim_scheduled:
+            lineage.trim_scheduled = True
+            self.coord.spawn(self._publish(run, lineage, sinks=False))
+
+    async def _publish(self, run: JobRun, lineage: _JobLineage, *, sinks: bool) -> None:
+        await asyncio.sleep(self.publish_s if sinks else self.trim_publish_s)
+        if sinks:
             lineage.broadcast_scheduled = False
-            await self.coord.broadcast(
-                run, {"type": "commit", "job": run.job_id, "positions": dict(lineage.committed)}
-            )
-
-        self.coord.spawn(broadcast())
+        else:
+            lineage.trim_scheduled = False
+        hosting = _sink_workers(run)
+        message = {"type": "commit", "job": run.job_id, "positions": dict(lineage.committed)}
+        for w in self.coord.workers_of(run):
+            if (w.worker_id in hosting) == sinks:
+                await w.send(message)
 
     # -- checkpoints (§6) ---------------------------------------------------------------------------
 
@@ -333,3 +346,14 @@ class LineageCoordinator:
             "p50_ms": round(lags[len(lags) // 2], 3),
             "p99_ms": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 3),
         }
+
+
+def _sink_workers(run: JobRun) -> set[str]:
+    """The workers hosting an instance of a task with a sink step (they release output on commits)."""
+    return {
+        wid
+        for task in run.plan.tasks
+        if any(step.kind == "sink" for step in task.steps)
+        for i in range(task.parallelism)
+        if (wid := run.placement.get(task.instance(i))) is not None
+    }

@@ -488,7 +488,7 @@ class Worker:
         for inst in hosted.instances.values():
             await inst.aclose()
         if ended and hosted.store is not None:
-            hosted.store.remove_job(job_id)
+            hosted.store.remove_job(job_id, hosted.instances)
         if self.exit_when_done:
             self._stop.set()
 

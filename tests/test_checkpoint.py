@@ -275,3 +275,13 @@ def test_default_incarnations_differ_and_remove_job(tmp_path: Path) -> None:
     a.take(JOB, "src/0", 1, {})
     a.remove_job(JOB)
     assert not (tmp_path / JOB).exists()
+
+
+def test_workers_sharing_a_store_remove_their_own_instances(tmp_path: Path) -> None:
+    a, b = CheckpointStore(tmp_path), CheckpointStore(tmp_path)
+    a.take(JOB, "src/0", 1, {})
+    b.take(JOB, "count/1", 1, {})
+    a.remove_job(JOB, ["src/0"])
+    assert not (tmp_path / JOB / "src_0").exists() and (tmp_path / JOB / "count_1").exists()
+    b.remove_job(JOB, ["count/1"])
+    assert not (tmp_path / JOB).exists()
