@@ -119,7 +119,7 @@ class Settings:
     def of(cls, quick: bool) -> Settings:
         if quick:
             return cls(20_000, 1.2, 4.5, 2.0, 2.0, 0.8, 0.5)
-        return cls(250_000, 8.0, 14.0, 5.0, 4.0, 1.0, 1.0)
+        return cls(200_000, 6.0, 14.0, 5.0, 4.0, 1.0, 1.0)
 
 
 @dataclass
@@ -300,11 +300,13 @@ class Bench:
         self.modes[mode]["throughput"] = run.metrics["records_per_s"]
         self.modes[mode].setdefault("runs", {})["throughput"] = run.summary()
 
-    async def latency(self, mode: str, gcs_delay_ms: float) -> None:
-        phase = "latency" if gcs_delay_ms == 0 else "latency-gcs5"
+    async def latency(self, mode: str, gcs_delay_ms: float, *, light: bool = False) -> None:
+        """Latency at the offered rate (``light``: at half of it, a quarter of none's maximum)."""
+        phase = "latency-light" if light else "latency" if gcs_delay_ms == 0 else "latency-gcs5"
         assert self.offered is not None
-        n = round(self.offered / 2 * self.s.latency_s)
-        run = await self.engine(mode, phase, n, rate=self.offered / 2, gcs_delay_ms=gcs_delay_ms)
+        offered = self.offered / 2 if light else self.offered
+        n = round(offered / 2 * self.s.latency_s)
+        run = await self.engine(mode, phase, n, rate=offered / 2, gcs_delay_ms=gcs_delay_ms)
         self.finished(mode, phase, run, n)
         tl = sink_timeline(run.metrics)
         warmup_ms = int(self.s.warmup_s * 1000)
@@ -320,8 +322,13 @@ class Bench:
             raise PhaseFailed(mode, phase, "the sink's timeline has no stamped batches")
         start = span[0] + warmup_ms
         figures["output_share"] = round(
-            window(tl, start, span[0] + int(self.s.latency_s * 1000))[0] / self.offered_sink, 3
+            window(tl, start, span[0] + int(self.s.latency_s * 1000))[0] / (offered * self.words), 3
         )
+        if light:
+            figures["offered_rate"] = offered
+            self.modes[mode]["light"] = figures
+            self.modes[mode].setdefault("runs", {})[phase] = run.summary()
+            return
         if mode in ("lineage", "wal"):
             figures["stash"] = stash_summary(run.metrics)
         if gcs_delay_ms == 0:
@@ -432,6 +439,7 @@ class Bench:
         for mode in order:
             if not self.args.quick:
                 await self.phase(mode, "latency", self.latency(mode, 0.0))
+                await self.phase(mode, "latency-light", self.latency(mode, 0.0, light=True))
             if mode != "none":
                 await self.phase(mode, "latency-gcs5", self.latency(mode, 5.0))
         for mode in order:

@@ -75,6 +75,23 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             f"| {'not back within the run' if recovery is None else f'{recovery:.2f}'} "
             f"| {_num(m.get('zero_output_max_s'))} | {rolled_text} |"
         )
+    light_modes = {mode: m["light"] for mode, m in modes.items() if "error" not in m and m.get("light")}
+    if light_modes:
+        light_none = light_modes.get("none") or {}
+        offered_light = next(iter(light_modes.values())).get("offered_rate")
+        lines += [
+            "",
+            f"Latency at a lighter load, {_num(offered_light)} sentences/s (a quarter of `none`'s maximum), GCS "
+            "delay 0:",
+            "",
+            "| mode | output / offered | p50 ms | p99 ms | p99.9 ms | p99 / none |",
+            "|---|---|---|---|---|---|",
+        ]
+        for mode, f in light_modes.items():
+            lines.append(
+                f"| {mode} | {_num(f.get('output_share'), 2)} | {_num(f.get('p50_ms'))} | {_num(f.get('p99_ms'))} "
+                f"| {_num(f.get('p999_ms'))} | {_ratio(f.get('p99_ms'), light_none.get('p99_ms'))} |"
+            )
     lines += ["", "| target | value | goal | |", "|---|---|---|---|"]
     for t in report["targets"]:
         met = {True: "met", False: "**missed**", None: "n/a (mode not run or failed)"}[t["met"]]

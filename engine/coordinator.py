@@ -416,7 +416,8 @@ class Coordinator:
     async def _on_finished(self, run: JobRun, inst: str, stats: dict[str, Any]) -> None:
         run.stats[inst] = stats
         run.finished.add(inst)
-        if run.state == "running" and len(run.finished) == len(run.placement):
+        # every instance of the plan: one being recovered is not placed, and the others may finish first
+        if run.state == "running" and not run.recovering and set(run.plan.instances()) <= run.finished:
             run.state = "finished"
             run.finished_at = time.time()
             await self._stop_job(run)  # lineage instances stay up for resends until the job ends

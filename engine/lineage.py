@@ -110,6 +110,7 @@ class LineageSender(ChannelSender):
         self._lock = asyncio.Lock()
         self._stats = channel.statistics()
         self._broken = False
+        self._resyncing: asyncio.Task[None] | None = None
 
     @property
     def key(self) -> str:
@@ -140,9 +141,24 @@ class LineageSender(ChannelSender):
                 return
             except ChannelBroken:
                 self._broken = True
-        # the receiver died: reconnect to its replacement and resend everything it lacks (this frame
-        # included: it is in the output log already)
-        await self._reconnect()
+        # the receiver died. This frame is in the output log already, and its next incarnation is resent
+        # everything it lacks when it is up (resync_if_moved, on peer_moved): meanwhile this instance goes
+        # on with its other receivers instead of waiting, so the rest of the job keeps running (§7)
+        self._resync_if_already_moved()
+
+    def _resync_if_already_moved(self) -> None:
+        """The replacement may have been announced before this sender noticed the loss: resync now."""
+        current = self.ft.services.addresses.get(self.channel_id.dst)
+        if current is not None and current[0] > self.generation and self._resyncing is None:
+            self._resyncing = asyncio.create_task(self.resync_if_moved(), name=f"resync {self.key}")
+            self._resyncing.add_done_callback(self._resync_done)
+
+    def _resync_done(self, task: asyncio.Task[None]) -> None:
+        self._resyncing = None
+        if not task.cancelled() and task.exception() is not None:
+            log.warning(
+                "%s: resync with %s failed: %s", self.channel_id.src, self.channel_id.dst, task.exception()
+            )
 
     async def _reconnect(self) -> None:
         """Wait for the receiver's next incarnation and resync with it; again if that one dies too."""
@@ -224,7 +240,7 @@ class LineageSender(ChannelSender):
                     return
                 except ChannelBroken:
                     self._broken = True
-            await self._reconnect()
+            self._resync_if_already_moved()  # else the resync on peer_moved sends it
 
     def statistics(self) -> OutputChannelStatistics:
         return _add_stats(self._stats, self.channel.statistics())
@@ -356,6 +372,9 @@ class LineageFT(FaultTolerance):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
+        for sender in self.senders:
+            if sender._resyncing is not None:
+                sender._resyncing.cancel()
         for outlog in self.outlogs.values():
             outlog.close()
 
