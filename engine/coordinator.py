@@ -598,7 +598,9 @@ class Coordinator:
                 reason = f"worker {conn.worker_id} (pid {conn.pid}) went away" + (
                     f", exit code {code}" if code is not None else ""
                 )
-                self._spawn(self._recover(run, inst, reason))
+                # the epoch it was lost in: a worker with several instances is one rollback, not several
+                epoch = run.checkpoints.epoch(run.job_id) if run.checkpoints is not None else None
+                self._spawn(self._recover(run, inst, reason, epoch))
                 continue
             if inst in run.finished:
                 continue

@@ -112,24 +112,24 @@ class EpochGate:
         failure may have got that far), so committing twice writes once.
         """
         for _cid, batches in epochs:
-            self._write([(int(i), bytes(data), None) for i, data, _ in batches])
+            self._write([(int(i), bytes(data), None) for i, data, _ in batches], held=False)
 
     def commit(self, checkpoint_id: int) -> None:
         """Checkpoint ``checkpoint_id`` is complete: write every epoch it (and any before it) sealed."""
         for cid in [c for c in self.sealed if c <= checkpoint_id]:
             self._write(self.sealed.pop(cid))
 
-    def _write(self, batches: list[tuple[int, bytes, int | None]]) -> None:
+    def _write(self, batches: list[tuple[int, bytes, int | None]], *, held: bool = True) -> None:
+        """Write ``batches``; ``held``: they were held by this incarnation (not restored ones)."""
         writers = self.ft.sink_writers()
         stamp = self.stamp
         for index, data, ingest in batches:
             records = msgpack.unpackb(data, use_list=False, strict_map_key=False)
             writers[index].write_batch(records)
-            self.held_records -= len(records)
+            if held:
+                self.held_records -= len(records)
             if stamp is not None and ingest is not None:
                 stamp.written(ingest, len(records))
-        if self.held_records < 0:
-            self.held_records = 0  # restored epochs were not counted in
 
 
 class _RollbackAwareSender(ChannelSender):

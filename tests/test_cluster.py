@@ -62,7 +62,7 @@ class Cluster:
     data_ports: dict[str, int]
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def submit(self, out: Path, n: int, rate: int) -> subprocess.Popen[bytes]:
+    def submit(self, out: Path, n: int, rate: int, *extra: str) -> subprocess.Popen[bytes]:
         args = [
             "submit",
             "jobs/union_count.py",
@@ -82,6 +82,7 @@ class Cluster:
             f"rate={rate}",
             "--checkpoint-interval",
             "0.5",
+            *extra,
         ]
         return subprocess.Popen(stashflow(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
 
@@ -215,6 +216,20 @@ def test_a_dead_worker_s_instances_recover_on_the_others(cluster: Cluster, tmp_p
     assert "recovered alone" in stderr.decode()
     if how == "frozen":
         assert "declaring it dead" in (cluster.logs / "coordinator.log").read_text()
+
+
+def test_a_dead_worker_is_one_global_rollback_under_checkpoint_mode(cluster: Cluster, tmp_path: Path):
+    """The worker hosted several instances: their losses are one rollback of every instance, not several."""
+    out, n = tmp_path / "out", 12000
+    submit = cluster.submit(out, n, 6000, "--ft", "checkpoint")
+    time.sleep(1.0)
+    cluster.workers[WORKER_HOSTS[2]].send_signal(signal.SIGKILL)
+    stdout, stderr = submit.communicate(timeout=90)
+    assert submit.returncode == 0, stderr.decode()[-3000:]
+    job_id = stdout.decode().strip().splitlines()[0]
+    check_output(out, n)
+    status = cluster.status(job_id)
+    assert {m["restarts"] for m in status["instances"].values()} == {1}, stderr.decode()[-2000:]
 
 
 def _attack(host: str, port: int) -> None:
