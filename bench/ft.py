@@ -21,7 +21,9 @@ reporting every 0.1 s (``STASHFLOW_HEARTBEAT_S``). Phases, ``none`` first since 
 2. **latency**: sources at the *offered rate*, half of ``none``'s maximum, with ``--gcs-delay-ms`` 0
    and 5 (``none`` has no GCS: 0 only); p50/p99/p99.9 of the per-batch latency from source ingestion
    to sink write (a stamp in the batch header, :mod:`engine.metrics`), from the sink's timeline after
-   a warm-up (1 s of output; ``--quick`` 0.8 s).
+   a warm-up (1 s of output; ``--quick`` 0.8 s). Also (not ``--quick``) at half that rate, a quarter of
+   ``none``'s maximum, GCS delay 0 (``light``): on 2 cores the offered rate leaves little headroom,
+   and at it latencies are mostly queueing.
 3. **failure**: the same rate, ``--kill count/1@T``. From the sink's timeline (records and p99 per
    100 ms): the steady p99 before the kill and the *recovery time*, from the kill until, after the
    output was disturbed, the output rate is back to >= 90% of offered and the p99 under 2x steady, over
