@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -39,12 +38,12 @@ from typing import TYPE_CHECKING, Any, Final
 import msgpack
 
 from engine.checkpoint import CheckpointRecord, CheckpointStore
-from engine.codec import pack, unpack
+from engine.codec import pack
 from engine.connector import SinkWriter
 from engine.errors import ChannelBroken
-from engine.fault_tolerance import ChannelSender, FaultTolerance
+from engine.fault_tolerance import ChannelSender
 from engine.metrics import BatchStamp
-from engine.state import KeyedState
+from engine.snapshot import SnapshottingFT
 
 if TYPE_CHECKING:
     from engine.instance import TaskInstance
@@ -161,20 +160,19 @@ class _RollbackAwareSender(ChannelSender):
         await self._guard(super().send_eos())
 
 
-class CheckpointFT(FaultTolerance):
+class CheckpointFT(SnapshottingFT):
     """Mode ``checkpoint``: aligned barriers, global checkpoints, global rollback (DESIGN.md §8)."""
 
     mode = "checkpoint"
 
     def __init__(self, instance: TaskInstance, services: BarrierServices, recovery: Recovery | None = None):
-        super().__init__(instance)
+        super().__init__(
+            instance, services, recovery.record if recovery else None, recovery.restarts if recovery else 0
+        )
         self.services = services
         self.recovery = recovery
-        self.incarnation = recovery.restarts if recovery else 0
-        self.record = recovery.record if recovery else None
         #: restored from the final checkpoint: the input had ended, only the end of stream is left to send
         self.input_done = self.record is not None and self.record.checkpoint_id >= FINAL_CHECKPOINT
-        self.states: dict[str, KeyedState] = {}
         self.gate = EpochGate(self)
         self.senders: list[ChannelSender] = []
         self.triggered: int | None = None  # a source: the checkpoint to inject at the next batch boundary
@@ -186,26 +184,10 @@ class CheckpointFT(FaultTolerance):
         self.alignment_s = 0.0
         self._aligning_since = 0.0
 
-    # -- state and sinks ---------------------------------------------------------------------------
-
-    def state_opener(self) -> Callable[[str], KeyedState]:
-        return self.open_state
-
-    def open_state(self, step: str) -> KeyedState:
-        store, job, name = self.services.store, self.services.job_id, self.instance.name
-        restore_from = None
-        if self.record is not None and step in self.record.state_dirs:
-            restore_from = store.path_of(job, self.record.state_dirs[step])
-        path = f"{store.state_path(job, name, step)}.{self.incarnation}"
-        state = KeyedState.open(path, restore_from=restore_from)
-        self.states[step] = state
-        return state
+    # -- sinks and senders ------------------------------------------------------------------------
 
     def output_gate(self) -> EpochGate:
         return self.gate
-
-    def sink_writers(self) -> list[SinkWriter]:
-        return [op.writer for op in self.instance.ops if hasattr(op, "writer")]
 
     def sender(self, channel: Any, channel_id: Any) -> ChannelSender:
         sender = _RollbackAwareSender(channel, channel_id)
@@ -215,22 +197,12 @@ class CheckpointFT(FaultTolerance):
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        inst, record = self.instance, self.record
-        if inst.gate is not None:
+        if self.instance.gate is not None:
             # an upstream that dies is restarted with everyone else: its broken channel is not an error here
-            inst.gate.tolerate_broken = True
-        if record is not None:
-            for router, position in zip(inst.routers, record.operators.get("__routers__", ()), strict=False):
-                router.restore(position)
-            if inst.reader is not None and record.source_offset is not None:
-                inst.reader.seek(record.source_offset)
-        for ctx, op in zip(inst.contexts, inst.ops, strict=True):
-            if record is not None and ctx.step.name in record.operators:
-                op.restore(record.operators[ctx.step.name])
-            elif self.recovery is not None:
-                op.restore(op.snapshot())  # rolled back before any checkpoint completed: from the start
-        if record is not None:
-            self.gate.restore(self._read_held(record.checkpoint_id))
+            self.instance.gate.tolerate_broken = True
+        self.restore_operators(restart=self.recovery is not None)
+        # after the writers' restore: the pre-committed epochs are written at once, where it left them
+        self.gate.restore(self.restored_held())
         if self.input_done:
             self.final_complete.set()  # the final checkpoint it restarts from is complete
         if self.recovery is not None:
@@ -293,26 +265,18 @@ class CheckpointFT(FaultTolerance):
 
     async def _snapshot(self, checkpoint_id: int) -> None:
         """Snapshot this instance for ``checkpoint_id``, forward the barrier, acknowledge."""
-        inst, services = self.instance, self.services
+        inst = self.instance
         began = time.perf_counter()
         await inst.flush_for_checkpoint()  # everything before the barrier goes out before it
         self.gate.seal(checkpoint_id)
-        state_dirs = services.store.take(services.job_id, inst.name, checkpoint_id, self.states)
-        operators: dict[str, Any] = {
-            ctx.step.name: snap
-            for ctx, op in zip(inst.contexts, inst.ops, strict=True)
-            if (snap := op.snapshot()) is not None
-        }
-        operators["__routers__"] = [r.snapshot() for r in inst.routers]
-        if self.gate.sealed:
-            with open(self._held_path(checkpoint_id), "wb") as f:
-                f.write(pack(self.gate.snapshot()))
+        state_dirs = self.take_state(checkpoint_id)
+        self.save_held(checkpoint_id, self.gate.snapshot())
         record = CheckpointRecord(
             instance=inst.name,
             checkpoint_id=checkpoint_id,
             log_position=0,
             source_offset=inst.reader.offset() if inst.reader is not None else None,
-            operators=operators,
+            operators=self.snapshot_operators(),
             state_dirs=state_dirs,
         )
         if checkpoint_id < FINAL_CHECKPOINT:  # the end of stream that follows is the final barrier
@@ -321,18 +285,6 @@ class CheckpointFT(FaultTolerance):
         self.checkpoints_taken += 1
         self.checkpoint_ms = (time.perf_counter() - began) * 1000
         await self._send({"type": "barrier_ack", "checkpoint_id": checkpoint_id, "record": record.to_bytes()})
-
-    def _held_path(self, checkpoint_id: int) -> str:
-        base = self.services.store.instance_dir(self.services.job_id, self.instance.name)
-        return os.path.join(base, f"chk-{checkpoint_id}", "held-output.msgpack")
-
-    def _read_held(self, checkpoint_id: int) -> Sequence[Any]:
-        path = self._held_path(checkpoint_id)
-        if not os.path.exists(path):
-            return ()
-        with open(path, "rb") as f:
-            held: Sequence[Any] = unpack(f.read())
-        return held
 
     async def _send(self, message: dict[str, Any]) -> None:
         services = self.services

@@ -39,13 +39,12 @@ from engine.channel import Address, ChannelId
 from engine.checkpoint import CheckpointRecord, CheckpointStore
 from engine.codec import FRAME_HEADER_BYTES, Batch, decode_batch, encode_batch, pack, unpack
 from engine.commit_gate import CommitGate
-from engine.connector import SinkWriter
 from engine.errors import ChannelBroken, ChannelError, ProtocolError
-from engine.fault_tolerance import ChannelSender, FaultTolerance
+from engine.fault_tolerance import ChannelSender
 from engine.output_channel import OutputChannel, OutputChannelStatistics
 from engine.output_log import OutputLog
+from engine.snapshot import SnapshottingFT
 from engine.stash import Stash
-from engine.state import KeyedState
 
 if TYPE_CHECKING:
     from engine.instance import TaskInstance
@@ -258,7 +257,7 @@ def _add_stats(a: OutputChannelStatistics, b: OutputChannelStatistics) -> Output
     )
 
 
-class LineageFT(FaultTolerance):
+class LineageFT(SnapshottingFT):
     """Mode ``lineage``: causal logging with stashes, independent checkpoints, single-instance recovery."""
 
     mode = "lineage"
@@ -266,12 +265,10 @@ class LineageFT(FaultTolerance):
     write_first = False
 
     def __init__(self, instance: TaskInstance, services: LineageServices, recovery: Recovery | None = None):
-        super().__init__(instance)
+        record = recovery.record if recovery else None
+        super().__init__(instance, services, record, recovery.restarts if recovery else 0)
         self.services = services
         self.recovery = recovery
-        self.incarnation = recovery.restarts if recovery else 0
-        record = recovery.record if recovery else None
-        self.record = record
         name = instance.name
         self.log = CausalLog(start=record.log_position if record else 0, owner=name)
         self.stash = Stash(name, services.depth)
@@ -283,7 +280,6 @@ class LineageFT(FaultTolerance):
             self.cursor = LogCursor(name, recovery.entries, start=self.log.start)
             self.replaying = True
         self.committed: dict[str, int] = {}
-        self.states: dict[str, KeyedState] = {}
         self.gate = CommitGate(self)
         self.outlogs: dict[str, OutputLog] = {}
         self._saved_outputs: dict[str, Any] | None = None  # a restored checkpoint's output logs
@@ -301,47 +297,19 @@ class LineageFT(FaultTolerance):
         self.commit_wait_s = 0.0  # time the loop spent waiting for the GCS (write-first only)
         self._flusher: asyncio.Task[None] | None = None
 
-    # -- state and sinks (wired into the operator contexts) -----------------------------------------
-
-    def state_opener(self) -> Callable[[str], KeyedState]:
-        return self.open_state
-
-    def open_state(self, step: str) -> KeyedState:
-        store, job, name = self.services.store, self.services.job_id, self.instance.name
-        restore_from = None
-        if self.record is not None and step in self.record.state_dirs:
-            restore_from = store.path_of(job, self.record.state_dirs[step])
-        # each incarnation opens its own live directory: a predecessor's (in the same process, under
-        # engine.testing) holds state past the checkpoint, which the replay is about to rebuild
-        path = f"{store.state_path(job, name, step)}.{self.incarnation}"
-        state = KeyedState.open(path, restore_from=restore_from)
-        self.states[step] = state
-        return state
+    # -- sinks ------------------------------------------------------------------------------------
 
     def output_gate(self) -> CommitGate:
         return self.gate
 
-    def sink_writers(self) -> list[SinkWriter]:
-        return [op.writer for op in self.instance.ops if hasattr(op, "writer")]
-
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        inst, record = self.instance, self.record
+        inst = self.instance
         if inst.gate is not None:
             inst.gate.tolerate_broken = True
-        restart = self.recovery is not None
-        if record is not None:
-            for router, position in zip(inst.routers, record.operators.get("__routers__", ()), strict=False):
-                router.restore(position)
-            if inst.reader is not None and record.source_offset is not None:
-                inst.reader.seek(record.source_offset)
-            self.gate.restore(self._restored_held(record.checkpoint_id))
-        for ctx, op in zip(inst.contexts, inst.ops, strict=True):
-            if record is not None and ctx.step.name in record.operators:
-                op.restore(record.operators[ctx.step.name])
-            elif restart:
-                op.restore(op.snapshot())  # a restart without a checkpoint resumes from the very start
+        self.restore_operators(restart=self.recovery is not None)
+        self.gate.restore(self.restored_held())  # held again: released as commits cover them
         self._flusher = asyncio.create_task(self._flush_log(), name=f"log-flush {inst.name}")
         for sender in self.senders:  # a receiver that restarted too may hold less than our checkpoint
             await sender.catch_up()
@@ -492,21 +460,8 @@ class LineageFT(FaultTolerance):
                     self._saved_outputs = unpack(f.read())
         return [(int(seq), bytes(frame)) for seq, frame in self._saved_outputs.pop(key, ())]
 
-    def _held_path(self, checkpoint_id: int) -> str:
-        base = self.services.store.instance_dir(self.services.job_id, self.instance.name)
-        return os.path.join(base, f"chk-{checkpoint_id}", "held-output.msgpack")
-
-    def _restored_held(self, checkpoint_id: int) -> Any:
-        """The sink batches the checkpoint held back (processed, not yet released), if any."""
-        path = self._held_path(checkpoint_id)
-        if not os.path.exists(path):
-            return ()
-        with open(path, "rb") as f:
-            return unpack(f.read())
-
     def _outlog_path(self, checkpoint_id: int) -> str:
-        base = self.services.store.instance_dir(self.services.job_id, self.instance.name)
-        return os.path.join(base, f"chk-{checkpoint_id}", "output-logs.msgpack")
+        return self.checkpoint_file(checkpoint_id, "output-logs.msgpack")
 
     # -- checkpoints (DESIGN.md §6) -----------------------------------------------------------------
 
@@ -525,17 +480,8 @@ class LineageFT(FaultTolerance):
         await inst.flush_for_checkpoint()  # buffers empty: batch boundaries stay those of the log
         cid = self.checkpoint_id
         self.checkpoint_id += 1
-        state_dirs = services.store.take(services.job_id, inst.name, cid, self.states)
-        operators: dict[str, Any] = {
-            ctx.step.name: snap
-            for ctx, op in zip(inst.contexts, inst.ops, strict=True)
-            if (snap := op.snapshot()) is not None
-        }
-        operators["__routers__"] = [r.snapshot() for r in inst.routers]
-        held = self.gate.snapshot()
-        if held:  # in the checkpoint's directory, not the record: it can be many batches of records
-            with open(self._held_path(cid), "wb") as f:
-                f.write(pack(held))
+        state_dirs = self.take_state(cid)
+        self.save_held(cid, self.gate.snapshot())
         outputs = {
             s.key: list(s.outlog.frames_after(s.outlog.first_seq - 1))
             for s in self.senders
@@ -550,7 +496,7 @@ class LineageFT(FaultTolerance):
             consumed=dict(inst.consumed),
             next_seq={s.key: s.next_seq for s in self.senders},
             source_offset=inst.reader.offset() if inst.reader is not None else None,
-            operators=operators,
+            operators=self.snapshot_operators(),
             state_dirs=state_dirs,
             requirements=self.stash.frontier(),
         )

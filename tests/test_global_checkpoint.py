@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_input_gate import FakeChannel
 from test_recovery import assert_exactly_once, restarted, run_killing, union_job
 
 from connectors import CollectSink
@@ -94,27 +95,8 @@ def test_barrier_round_trips_with_every_other_header_field():
         )  # fmt: skip
 
 
-class _Channel:
-    """What the gate uses of an input channel."""
-
-    def __init__(self) -> None:
-        self.buffer: list[Batch] = []
-        self.eos = False
-        self.broken = None
-
-    def take(self) -> Batch | None:
-        return self.buffer.pop(0) if self.buffer else None
-
-    @property
-    def pending(self) -> int:
-        return len(self.buffer)
-
-    @property
-    def finished(self) -> bool:
-        return self.eos and not self.buffer
-
-
 def _deliver(gate: InputGate, index: int, batch: Batch | None) -> None:
+    """``batch`` (``None``: the end of stream) arrives on input ``index``, a :class:`FakeChannel`."""
     channel = gate.channels[index]
     if batch is None:
         channel.eos = True
@@ -124,7 +106,7 @@ def _deliver(gate: InputGate, index: int, batch: Batch | None) -> None:
 
 
 async def test_a_blocked_input_waits_until_unblocked():
-    gate = InputGate([_Channel(), _Channel()])  # type: ignore[list-item]
+    gate = InputGate([FakeChannel("a/0"), FakeChannel("b/0")])  # type: ignore[list-item]
     _deliver(gate, 0, Batch(1, (), barrier=1))
     _deliver(gate, 0, Batch(2, ("after",)))
     _deliver(gate, 1, Batch(1, ("before",)))
@@ -146,7 +128,7 @@ async def test_a_blocked_input_waits_until_unblocked():
 
 
 async def test_an_input_that_ends_during_an_alignment_wakes_the_loop():
-    gate = InputGate([_Channel(), _Channel()])  # type: ignore[list-item]
+    gate = InputGate([FakeChannel("a/0"), FakeChannel("b/0")])  # type: ignore[list-item]
     _deliver(gate, 0, Batch(1, (), barrier=1))
     assert (await gate.next(0.1))[1].barrier == 1
     gate.block(0)
