@@ -33,6 +33,8 @@ import os
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
+import orjson
+
 from engine.connector import Sink, SinkWriter, Source, SourceReader
 from engine.errors import ParameterError, SerializationError, SourceDataError, short_repr
 
@@ -309,7 +311,11 @@ class FileSink(Sink):
 
     The directory is created if missing, and each instance truncates its part file when it opens.
     Tuples and lists become JSON arrays, dicts objects; ``str``, numbers, ``bool`` and ``None`` map as
-    :mod:`json` maps them; non-ASCII text is written as UTF-8. A batch is encoded completely before
+    :mod:`json` maps them, without spaces; non-ASCII text is written as UTF-8; NaN and infinities,
+    which JSON lacks, become ``null``. Records are encoded with orjson (~0.1 us per small record; the
+    standard library's encoder takes ~1.5 us, enough to make a single sink every job's bottleneck);
+    the rare record orjson refuses (an int beyond 64 bits, a non-``str`` dict key, a ``namedtuple``, a
+    lone surrogate) goes through :mod:`json`, whose mapping it keeps. A batch is encoded completely before
     its lines are written with one ``write`` call, so a record that JSON cannot represent (``bytes``,
     sets, arbitrary objects) raises :class:`~engine.errors.SerializationError` naming the record, and
     nothing of that batch reaches the file. :meth:`~engine.connector.SinkWriter.flush` also calls
@@ -321,8 +327,8 @@ class FileSink(Sink):
     >>> writer.write_batch([("word", 2), {"n": 1.5}, "é"])
     >>> writer.flush(); writer.close()
     >>> print((pathlib.Path(tmp.name) / "out" / "part-0.jsonl").read_text(encoding="utf-8"), end="")
-    ["word", 2]
-    {"n": 1.5}
+    ["word",2]
+    {"n":1.5}
     "é"
     >>> tmp.cleanup()
     """
@@ -354,11 +360,12 @@ def _reject(value: object) -> object:
     raise _NotJSON(value)
 
 
-# One encoder object, not json.dumps(..., default=...): dumps builds a new encoder per call whenever it
-# gets a non-default argument, which would double the per-record cost.
-_ENCODE = json.JSONEncoder(ensure_ascii=False, default=_reject).encode
+# The standard library's encoders, for what orjson refuses; compact like orjson's output. One encoder
+# object, not json.dumps(..., default=...): dumps builds a new encoder per call whenever it gets a
+# non-default argument, which would double the per-record cost.
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_reject).encode
 # Fallback for text with lone surrogates, which UTF-8 cannot encode: JSON's \\udXXX escapes can.
-_ENCODE_ASCII = json.JSONEncoder(ensure_ascii=True, default=_reject).encode
+_ENCODE_ASCII = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=_reject).encode
 
 
 class _FileWriter(SinkWriter):
@@ -421,15 +428,30 @@ class _FileWriter(SinkWriter):
         if not records:
             return
         try:
-            text = "\n".join(map(_ENCODE, records))
-        except (TypeError, ValueError):
-            raise self._explain(records) from None
-        try:
-            data = text.encode("utf-8")
-        except UnicodeEncodeError:
-            data = "\n".join(map(_ENCODE_ASCII, records)).encode("ascii")
+            data = b"\n".join(map(orjson.dumps, records))
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            data = self._encode_slowly(records)
         self._open().write(data + b"\n")
         self._written += len(data) + 1
+
+    def _encode_slowly(self, records: Sequence[Any]) -> bytes:
+        """A batch orjson refused: record by record, the refused ones by :mod:`json`."""
+        lines = []
+        for record in records:
+            try:
+                lines.append(orjson.dumps(record))
+                continue
+            except TypeError:
+                pass
+            try:
+                text = _ENCODE(record)
+            except (TypeError, ValueError):
+                raise self._explain([record]) from None
+            try:
+                lines.append(text.encode("utf-8"))
+            except UnicodeEncodeError:
+                lines.append(_ENCODE_ASCII(record).encode("ascii"))
+        return b"\n".join(lines)
 
     def flush(self) -> None:
         f = self._open()

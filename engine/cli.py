@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import aiohttp
 import click
 
+from engine import allocator
 from engine.config import FT_MODES, JobConfig
 from engine.coordinator import Coordinator
 from engine.errors import CoordinatorError, JobDefinitionError, JobLoadError, ParameterError, StashflowError
@@ -116,6 +117,7 @@ def _parse_kills(specs: tuple[str, ...], plan: Plan) -> list[tuple[str, float]]:
 @click.option("--log-level", default="WARNING", envvar="STASHFLOW_LOG_LEVEL", show_default=True)
 def cli(log_level: str) -> None:
     """stashflow: stream processing whose failed operators recover alone (the lineage stash)."""
+    allocator.tune()
     _setup_logging(log_level)
 
 

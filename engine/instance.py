@@ -480,6 +480,10 @@ class TaskInstance:
             await self._process_input(index, batch)
             await self._maybe_timer_flush()
             await self.ft.between_batches()
+            # Awaiting a batch that is already queued does not yield to the event loop: without this a
+            # backlog would be processed in one go while commits, log flushes, credits and heartbeats wait
+            # (a lineage sink's output would then wait for the end of the backlog to be released).
+            await asyncio.sleep(0)
 
     async def _process_input(self, index: int, batch: Batch) -> None:
         # RECV(index): the stash ingests the batch's lineage before the batch is processed
@@ -631,6 +635,7 @@ class TaskInstance:
         done = self.state in ("finished", "failed")
         return {
             "latency": self.stamp.latency.summary(),
+            "arrival_latency": self.stamp.arrival.summary(),
             "timeline": self.stamp.timeline.drain(everything=done),
         }
 

@@ -286,12 +286,20 @@ class Gauges:
 class BatchStamp:
     """The ingestion stamp of the batch an instance is processing, and where its sinks record it written."""
 
-    __slots__ = ("ingest_ns", "latency", "timeline")
+    __slots__ = ("arrival", "ingest_ns", "latency", "timeline")
 
     def __init__(self) -> None:
         self.ingest_ns: int | None = None
         self.latency = LatencyHistogram()
+        #: ingestion to the sink's operator, before any output-commit wait: ``latency`` minus this is
+        #: what the sink held the batch back (the lineage stash's commit wait, a 2PC sink's checkpoint)
+        self.arrival = LatencyHistogram()
         self.timeline = Timeline()
+
+    def arrived(self) -> None:
+        """The batch being processed reached a sink's operator now."""
+        if self.ingest_ns is not None:
+            self.arrival.add_ns(time.time_ns() - self.ingest_ns)
 
     def written(self, ingest_ns: int | None, records: int) -> None:
         """A batch of ``records`` stamped ``ingest_ns`` (``None``: unstamped) reached the outside world now."""

@@ -186,14 +186,21 @@ class OutputChannel:
             return
         self._closed = True
         self._wake()
-        if self._eos_sent and self._cause is None:
-            # the receiver closes once it has read our EOS; closing before that could lose the EOS
-            await asyncio.wait([self._credit_task], timeout=_CLOSE_TIMEOUT)
-        self._credit_task.cancel()
-        await asyncio.wait([self._credit_task])
-        if not self._credit_task.cancelled():
-            self._credit_task.result()  # surfaces a bug in the reader instead of losing it
-        await _close_writer(self._writer, abort=False)
+        try:
+            if self._eos_sent and self._cause is None:
+                # the receiver closes once it has read our EOS; closing before that could lose the EOS
+                await asyncio.wait([self._credit_task], timeout=_CLOSE_TIMEOUT)
+            self._credit_task.cancel()
+            await asyncio.wait([self._credit_task])
+            if not self._credit_task.cancelled():
+                self._credit_task.result()  # surfaces a bug in the reader instead of losing it
+            await _close_writer(self._writer, abort=False)
+        except asyncio.CancelledError:
+            # cancelled while closing (the job is being cancelled): a second call returns at once, so
+            # drop the connection now rather than leave its socket open
+            self._credit_task.cancel()
+            self._writer.transport.abort()
+            raise
 
     async def __aenter__(self) -> OutputChannel:
         return self

@@ -209,23 +209,39 @@ class Worker:
                 delay = min(delay * 2, 1.0)
 
     async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        receive = asyncio.ensure_future(ws.receive())
-        stop = asyncio.ensure_future(self._stop.wait())
-        try:
-            while True:
-                done, _ = await asyncio.wait({receive, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if stop in done:
-                    return
-                msg = receive.result()
+        """Handle the coordinator's messages, in order, until the connection ends or the worker stops.
+
+        Messages already received are handled back to back: ``ws.receive`` returns a buffered message
+        without waiting. Waiting for each one together with the stop event (one wake-up per event-loop
+        round, while busy instances take their turns) handled a sink's commits, which come every few
+        milliseconds, slower than they came: they queued up for whole seconds and held output back.
+        A stop waits for the message being handled, if any, then closes the connection.
+        """
+        waiting = asyncio.Event()  # set while the reader waits for a message
+
+        async def read() -> None:
+            while not self._stop.is_set():
+                waiting.set()
+                msg = await ws.receive()
+                waiting.clear()
                 if msg.type != aiohttp.WSMsgType.BINARY:
                     log.info("worker %s: coordinator connection closed (%s)", self.worker_id, msg.type.name)
                     return
-                receive = asyncio.ensure_future(ws.receive())
                 await self._handle(unpack(msg.data))
+
+        reader = asyncio.create_task(read())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({reader, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if reader.done() or not waiting.is_set():
+                await reader  # what broke it; or the message it handles, after which it ends
         finally:
-            for fut in (receive, stop):
-                fut.cancel()
+            stop.cancel()
+            # close before cancelling: a receive() cancelled first marks the connection aborted, and
+            # close() then leaves its socket open; a reader waiting for a message gets the close instead
             await ws.close()
+            reader.cancel()
+            await asyncio.wait({reader})
 
     async def _send(self, message: dict[str, Any]) -> None:
         if self._ws is None or self._ws.closed:

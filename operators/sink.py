@@ -28,6 +28,8 @@ class SinkOperator(Operator):
     def process(self, records: Sequence[Any]) -> Sequence[Any]:
         if records:
             stamp = self.ctx.stamp
+            if stamp is not None:
+                stamp.arrived()
             if self.gate is not None:
                 self.gate.hold(self.writer, records, stamp)
             else:

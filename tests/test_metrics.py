@@ -115,6 +115,18 @@ def test_batch_stamp_records_latency_and_timeline():
     assert sum(r[1] for r in rows) == 10 and sum(r[2] for r in rows) == 2
 
 
+def test_batch_stamp_separates_arrival_at_the_sink_from_the_write():
+    stamp = BatchStamp()
+    stamp.ingest_ns = time.time_ns() - 5_000_000
+    stamp.arrived()  # at the sink's operator after 5 ms; held back, then written 30 ms after ingestion
+    stamp.written(stamp.ingest_ns - 25_000_000, 1)
+    stamp.ingest_ns = None
+    stamp.arrived()  # unstamped batches count in neither
+    arrival, written = stamp.arrival.summary(), stamp.latency.summary()
+    assert arrival["count"] == 1 and 5 <= arrival["p50_ms"] < 25
+    assert written["count"] == 1 and written["p50_ms"] >= 30
+
+
 def test_job_run_absorbs_timeline_increments_and_samples_the_stash():
     job = Job("absorb", parallelism=1)
     job.source("gen", GeneratorSource(lambda i: i, count=1)).sink("out", CollectSink())
