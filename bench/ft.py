@@ -17,7 +17,9 @@ by process group on a deadline, on 127.0.0.1 only, with the same ``--checkpoint-
 reporting every 0.1 s (``STASHFLOW_HEARTBEAT_S``). Phases, ``none`` first since its maximum sets the rate:
 
 1. **throughput**: sources without a rate limit; records/s is the engine's ``records_per_s`` (source
-   sentences over the time from the job's start to its end).
+   sentences over the time from the job's start to its end). Three rounds (``--quick``: one), the
+   modes alternating in order; a mode's figure is the median of its rounds, and its ratio to ``none``
+   the median of the ratios within each round.
 2. **latency**: sources at the *offered rate*, half of ``none``'s maximum, with ``--gcs-delay-ms`` 0
    and 5 (``none`` has no GCS: 0 only); p50/p99/p99.9 of the per-batch latency from source ingestion
    to sink write (a stamp in the batch header, :mod:`engine.metrics`), from the sink's timeline after
@@ -61,6 +63,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -110,6 +113,7 @@ class Settings:
     """Sizes of the phases: the full run, or ``--quick``."""
 
     throughput_sentences: int  # per source, no rate limit
+    throughput_rounds: int  # runs per mode, modes alternating; the median counts
     latency_s: float
     failure_s: float
     kill_at: float
@@ -120,8 +124,8 @@ class Settings:
     @classmethod
     def of(cls, quick: bool) -> Settings:
         if quick:
-            return cls(20_000, 1.2, 4.5, 2.0, 2.0, 0.8, 0.5)
-        return cls(200_000, 6.0, 14.0, 5.0, 4.0, 1.0, 1.0)
+            return cls(20_000, 1, 1.2, 4.5, 2.0, 2.0, 0.8, 0.5)
+        return cls(300_000, 3, 6.0, 14.0, 5.0, 4.0, 1.0, 1.0)
 
 
 @dataclass
@@ -295,12 +299,27 @@ class Bench:
 
     # --- phases ----------------------------------------------------------------------------------------
 
-    async def throughput(self, mode: str) -> None:
+    async def throughput(self, mode: str, round_: int) -> None:
         n = self.s.throughput_sentences
-        run = await self.engine(mode, "throughput", n)
-        self.finished(mode, "throughput", run, n)
-        self.modes[mode]["throughput"] = run.metrics["records_per_s"]
-        self.modes[mode].setdefault("runs", {})["throughput"] = run.summary()
+        phase = "throughput" if self.s.throughput_rounds == 1 else f"throughput-{round_ + 1}"
+        run = await self.engine(mode, phase, n)
+        self.finished(mode, phase, run, n)
+        self.modes[mode].setdefault("throughput_runs", []).append(run.metrics["records_per_s"])
+        self.modes[mode].setdefault("runs", {})[phase] = run.summary()
+
+    def throughput_figures(self) -> None:
+        """Per mode the median of its rounds; and the median of its ratios to ``none`` round by round
+        (runs side by side share the machine's mood: a ratio within a round is steadier than one of
+        medians when the machine's speed drifts)."""
+        none = self.modes.get("none", {}).get("throughput_runs")
+        for mode, figures in self.modes.items():
+            runs = figures.get("throughput_runs")
+            if not runs or mode in self.failed:
+                continue
+            figures["throughput"] = statistics.median(runs)
+            if none and mode != "none" and len(none) == len(runs):
+                figures["throughput_ratio_runs"] = [round(a / b, 3) for a, b in zip(runs, none, strict=True)]
+                figures["throughput_vs_none"] = round(statistics.median(figures["throughput_ratio_runs"]), 3)
 
     async def latency(self, mode: str, gcs_delay_ms: float, *, light: bool = False) -> None:
         """Latency at the offered rate (``light``: at half of it, a quarter of none's maximum)."""
@@ -427,8 +446,11 @@ class Bench:
 
     async def run(self) -> None:
         order = list(self.modes)
-        for mode in order:
-            await self.phase(mode, "throughput", self.throughput(mode))
+        for round_ in range(self.s.throughput_rounds):
+            # alternate the order, so that no mode always runs right after the same one
+            for mode in order if round_ % 2 == 0 else order[::-1]:
+                await self.phase(mode, "throughput", self.throughput(mode, round_))
+        self.throughput_figures()
         if self.offered is None:
             if "none" in self.modes and "throughput" in self.modes["none"]:
                 self.offered = self.modes["none"]["throughput"] / 2
