@@ -2,7 +2,8 @@
 
 Sources: :class:`FileSource` (lines of text files, split by byte range across instances),
 :class:`GeneratorSource` (``fn(i)`` for record numbers, optionally rate-limited), :class:`ListSource`
-(a fixed list, for tests). Sinks: :class:`FileSink` (JSON Lines, one part file per instance),
+(a fixed list, for tests), :class:`NexmarkSource` (the Nexmark benchmark's persons, auctions and
+bids). Sinks: :class:`FileSink` (JSON Lines, one part file per instance),
 :class:`StdoutSink` (``print``), :class:`CollectSink` (in memory, for in-process tests).
 
 Write your own by subclassing :class:`engine.connector.Source` / :class:`engine.connector.Sink`.
@@ -16,6 +17,7 @@ Write your own by subclassing :class:`engine.connector.Source` / :class:`engine.
 from connectors.files import FileSink, FileSource
 from connectors.generator import GeneratorSource
 from connectors.memory import CollectSink, ListSource
+from connectors.nexmark import NexmarkSource
 from connectors.stdout import StdoutSink
 
 __all__ = [
@@ -24,5 +26,6 @@ __all__ = [
     "FileSource",
     "GeneratorSource",
     "ListSource",
+    "NexmarkSource",
     "StdoutSink",
 ]

@@ -1,0 +1,1 @@
+"""Nexmark queries over the events of :mod:`connectors.nexmark`, and their plain-Python references."""
