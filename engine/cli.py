@@ -131,15 +131,27 @@ def cli(log_level: str) -> None:
 @click.option(
     "--kill", "kills", multiple=True, metavar="STEP/I@SECONDS", help="SIGKILL that instance's process then"
 )
+@click.option(
+    "--spare-workers",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="idle worker processes kept per job (not with --ft none), so that a restarted instance need not "
+    "wait for a new Python process to start; each costs one idle process; 0: start one at the failure",
+)
 def run(
     job: str,
     params: tuple[str, ...],
     metrics_out: str | None,
     timeout: float | None,
     kills: tuple[str, ...],
+    spare_workers: int,
     **settings: Any,
 ) -> None:
     """Run JOB (a .py file or module:attr) on a local cluster: one process per instance."""
+    if spare_workers < 0:
+        _die(f"--spare-workers must be 0 or more (idle worker processes per job), got {spare_workers}", 2)
     try:
         ref = JobRef.parse(job)
         param_dict = parse_params(params)
@@ -156,7 +168,7 @@ def run(
         err=True,
     )
     try:
-        result = asyncio.run(_run_local(ref, param_dict, config, timeout, kill_plan))
+        result = asyncio.run(_run_local(ref, param_dict, config, timeout, kill_plan, spare_workers))
     except StashflowError as exc:
         _die(str(exc), 2 if isinstance(exc, BAD_INPUT) else 1)
     status = result.status()
@@ -227,10 +239,11 @@ async def _run_local(
     config: JobConfig,
     timeout: float | None,
     kills: list[tuple[str, float]],
+    spare_workers: int = 1,
 ) -> JobRun:
     level = logging.getLevelName(logging.getLogger().level)
     token = secrets.token_hex(16)  # only this run's workers can register
-    launcher = LocalLauncher(log_level=str(level), token=token)
+    launcher = LocalLauncher(log_level=str(level), token=token, spares=spare_workers)
     async with Coordinator(port=0, launcher=launcher, gcs_delay_ms=config.gcs_delay_ms, token=token) as coord:
         run = coord.submit(ref, params, config)
 

@@ -15,7 +15,9 @@ HTTP API (aiohttp), JSON bodies:
 Job lifecycle: ``deploying`` (instances placed, workers load the job and open their input channels)
 -> ``running`` (every worker got the address table) -> ``finished`` | ``failed`` | ``canceled``.
 Placement: a worker pinned to an instance (local mode) gets exactly that one; otherwise instances go
-round-robin to registered workers with free slots.
+round-robin to registered workers with free slots. In local mode a running job's restarted instances
+first adopt the job's idle spare workers (pinned ``JOB:~spare-N``, :mod:`engine.launcher`): re-pinned
+here, they host the instance without a new process having to start.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from engine.errors import CoordinatorError, JobDefinitionError, JobLoadError, Pa
 from engine.gcs_backends import RocksGCS
 from engine.global_rollback import GlobalCheckpointCoordinator
 from engine.job_run import TERMINAL, JobRun, WorkerConn
-from engine.launcher import LocalLauncher
+from engine.launcher import SPARE_PREFIX, LocalLauncher
 from engine.loader import JobRef, load_job
 from engine.plan import Plan
 from engine.recovery import LineageCoordinator
@@ -81,6 +83,10 @@ class Coordinator:
         self.jobs: dict[str, JobRun] = {}
         self.workers: dict[str, WorkerConn] = {}
         self._workers_changed = asyncio.Condition()
+        #: local mode: pin a spare registers with -> the instance pin it was adopted for meanwhile
+        self._repins: dict[str, str] = {}
+        #: local mode: pins of spares whose connection closed before they were adopted (dead)
+        self._lost_spares: set[str] = set()
         self._runner: web.AppRunner | None = None
         self._bg: set[asyncio.Task[Any]] = set()
         self.app = web.Application(middlewares=[self._authenticate])
@@ -232,7 +238,11 @@ class Coordinator:
         try:
             watch: asyncio.Future[Any]
             if self.launcher is not None:
-                await self.launcher.launch(self.url, run.job_id, instances)
+                deploying = run.state == "deploying"
+                # a restart takes a warm spare where the job has one; its replacement starts once the
+                # recovery is over (see "recovered"), not while the restarted instance needs the CPU
+                fresh = instances if deploying else self._adopt_spares(run, instances)
+                await self.launcher.launch(self.url, run.job_id, fresh, spares=deploying and run.recovers)
                 watch = asyncio.ensure_future(self._watch_launch(run, instances))
             else:
                 watch = asyncio.ensure_future(asyncio.Event().wait())
@@ -254,6 +264,41 @@ class Coordinator:
         except Exception as exc:
             await self._fail(run, None, f"deploying job {run.job_id} failed: {exc}")
         return False
+
+    def _adopt_spares(self, run: JobRun, instances: list[str]) -> list[str]:
+        """Give ``instances`` of running ``run`` its idle spare workers; returns those left without one.
+
+        Registered spares go first (they are ready); one still starting goes next: it began before any
+        process launched now would. A spare is re-pinned here, on the coordinator's side only (a pinned
+        worker uses its pin to register, and only registers once); one not registered yet is re-pinned
+        when it registers. The launcher re-keys its process under the instance.
+        """
+        assert self.launcher is not None
+        job_id = run.job_id
+        spare_pins = f"{job_id}:{SPARE_PREFIX}"
+        registered = {w.pin: w for w in self.workers.values() if w.pin and w.pin.startswith(spare_pins)}
+        spares = [
+            name for name in self.launcher.idle_spares(job_id) if f"{job_id}:{name}" not in self._lost_spares
+        ]
+        spares.sort(key=lambda name: f"{job_id}:{name}" not in registered)  # stable: oldest first
+        left = list(instances)
+        while left and spares:
+            inst, name = left.pop(0), spares.pop(0)
+            spare_pin, pin = f"{job_id}:{name}", f"{job_id}:{inst}"
+            pid = self.launcher.adopt(job_id, name, inst)
+            w = registered.get(spare_pin)
+            if w is not None:
+                w.pin = pin
+            else:
+                self._repins[spare_pin] = pin
+            log.info("job %s: instance %s restarts in spare worker %s (pid %d, %s)", job_id, inst, name,
+                     pid, "registered" if w is not None else "still starting")  # fmt: skip
+        return left
+
+    async def _replenish_spares(self, run: JobRun) -> None:
+        """After a recovery: start the spares the job used, off the recovery's critical path."""
+        if self.launcher is not None and run.state == "running" and run.recovers and not run.recovering:
+            await self.launcher.replenish(self.url, run.job_id)
 
     async def _watch_launch(self, run: JobRun, instances: list[str]) -> str:
         """Returns a message as soon as a launched worker process exits before it registered."""
@@ -455,6 +500,12 @@ class Coordinator:
                 await w.send({"type": "cancel", "job": run.job_id})
         self._release(run)
         if self.launcher is not None:
+            # idle spares host nothing and get no cancel: they go now, not after reap's grace
+            self.launcher.stop_spares(run.job_id)
+            prefix = f"{run.job_id}:"
+            for pin in [p for p in self._repins if p.startswith(prefix)]:
+                del self._repins[pin]
+            self._lost_spares = {p for p in self._lost_spares if not p.startswith(prefix)}
             self._spawn(self.launcher.reap(run.job_id, grace=2.0))
 
     async def _drop_job_state(self, job_id: str) -> None:
@@ -500,12 +551,13 @@ class Coordinator:
                                 request.remote, exc)  # fmt: skip
                     break
                 if kind == "register":
+                    pin = data.get("pin")
                     conn = WorkerConn(
                         data["worker"],
                         ws,
                         tuple(data["address"]),
                         int(data["slots"]),
-                        data.get("pin"),
+                        self._repins.pop(pin, pin) if isinstance(pin, str) else pin,  # adopted while starting
                         data.get("pid"),
                     )
                     self.workers[conn.worker_id] = conn
@@ -523,6 +575,10 @@ class Coordinator:
         finally:
             if conn is not None:
                 self.workers.pop(conn.worker_id, None)
+                if conn.pin is not None and f":{SPARE_PREFIX}" in conn.pin:
+                    run = self.jobs.get(conn.pin.partition(":")[0])
+                    if run is not None and run.state not in TERMINAL:
+                        self._lost_spares.add(conn.pin)  # never adopt it: it would not register again
                 await self._on_worker_lost(conn)
         return ws
 
@@ -540,6 +596,8 @@ class Coordinator:
         run = self.jobs.get(data.get("job", ""))
         if run is None:
             return
+        if kind == "recovered" and self.launcher is not None:
+            self._spawn(self._replenish_spares(run))
         if kind == "log" and run.lineage is not None:
             self._spawn(run.lineage.on_log(run, data))  # concurrent: the GCS group-commits them
             return

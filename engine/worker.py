@@ -15,7 +15,11 @@ coordinator ->    ``deploy`` (job ref, params, config, secret, instance names): 
 
 In local mode (``stashflow run``) the coordinator launches one worker process per task instance,
 *pinned* to it, so that killing the process kills exactly that instance (DESIGN.md §2); the worker
-exits once its instance is done.
+exits once its instance is done. A warm *spare* is such a worker pinned to ``JOB:~spare-N``: it waits
+idle until the coordinator re-pins it (on its side) to a restarted instance and deploys that instance
+here. The worker itself needs no word of it: it reports its pin once, at registration, and otherwise
+only uses it as the mark of a local-mode process (it exits when its coordinator is gone; an injected
+crash kills the process).
 """
 
 from __future__ import annotations
