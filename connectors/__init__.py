@@ -14,10 +14,11 @@ Write your own by subclassing :class:`engine.connector.Source` / :class:`engine.
 ['0', '1', '2']
 """
 
+from typing import Any
+
 from connectors.files import FileSink, FileSource
 from connectors.generator import GeneratorSource
 from connectors.memory import CollectSink, ListSource
-from connectors.nexmark import NexmarkSource
 from connectors.stdout import StdoutSink
 
 __all__ = [
@@ -29,3 +30,13 @@ __all__ = [
     "NexmarkSource",
     "StdoutSink",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use: connectors.nexmark builds its text pools at import (~70 ms of CPU), which
+    # every worker process would otherwise pay at start, whatever its job
+    if name == "NexmarkSource":
+        from connectors.nexmark import NexmarkSource
+
+        return NexmarkSource
+    raise AttributeError(f"module 'connectors' has no attribute {name!r}")

@@ -46,11 +46,15 @@ class WorkerConn:
     last_seen: float = field(default_factory=time.monotonic)  # any message counts as a heartbeat
 
     async def send(self, message: dict[str, Any]) -> None:
+        await self.send_packed(pack(message))
+
+    async def send_packed(self, data: bytes) -> None:
+        """Send a message already packed (one message to many workers is packed once)."""
         if self.ws.closed:
             return
         async with self.lock:
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.ws.send_bytes(pack(message))
+                await self.ws.send_bytes(data)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.causal_log import Determinant, decode, encode
 from engine.checkpoint import CheckpointRecord
+from engine.codec import pack
 from engine.gcs import GCS, GCSError
 from engine.job_run import TERMINAL
 
@@ -154,10 +155,10 @@ class LineageCoordinator:
         else:
             lineage.trim_scheduled = False
         hosting = _sink_workers(run)
-        message = {"type": "commit", "job": run.job_id, "positions": dict(lineage.committed)}
+        data = pack({"type": "commit", "job": run.job_id, "positions": lineage.committed})
         for w in self.coord.workers_of(run):
             if (w.worker_id in hosting) == sinks:
-                await w.send(message)
+                await w.send_packed(data)
 
     # -- checkpoints (§6) ---------------------------------------------------------------------------
 
