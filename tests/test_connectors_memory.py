@@ -28,6 +28,7 @@ def test_public_api_is_pinned():
         "FileSource",
         "GeneratorSource",
         "ListSource",
+        "NexmarkSource",
         "StdoutSink",
     ]
     for name in connectors.__all__:
