@@ -472,20 +472,31 @@ class Worker:
         but this process stays: the new incarnations are deployed in it, from the checkpoint named in
         the message, and run once the coordinator says ``start``.
         """
-        tasks = list(hosted.tasks.values())  # cancelled, they close their channels without an end of stream
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, stuck = await asyncio.wait(tasks, timeout=2.0)
-            for task in stuck:
-                log.warning("worker %s: instance %s did not stop within 2 s of the rollback; dropping it",
-                            self.worker_id, task.get_name())  # fmt: skip
+        # cancelled, they close their channels without an end of stream
+        await self._stop_tasks(list(hosted.tasks.values()), timeout=2.0, why="the rollback")
         for inst in hosted.instances.values():
             with contextlib.suppress(Exception):
                 await inst.abort()
         hosted.instances.clear()
         hosted.tasks.clear()
         await self._deploy(msg)
+
+    async def _stop_tasks(
+        self, tasks: list[asyncio.Task[Any]], timeout: float | None = None, why: str = "the job's end"
+    ) -> None:
+        """Cancel ``tasks`` and wait for them, at most ``timeout`` seconds: one still running then is
+        logged and dropped. Their errors are retrieved and dropped: the instances are going away."""
+        for task in tasks:
+            task.cancel()
+        if not tasks:
+            return
+        done, stuck = await asyncio.wait(tasks, timeout=timeout)
+        for task in done:
+            if not task.cancelled():
+                task.exception()  # retrieved: no "exception was never retrieved" at collection
+        for task in stuck:
+            log.warning("worker %s: %s did not stop within %g s of %s; dropping it",
+                        self.worker_id, task.get_name(), timeout, why)  # fmt: skip
 
     def _maybe_exit(self, hosted: HostedJob) -> None:
         if self.exit_when_done and all(
@@ -500,11 +511,7 @@ class Worker:
         hosted = self.jobs.pop(job_id, None)
         if hosted is None:
             return
-        for task in list(hosted.tasks.values()) + list(hosted.background):
-            task.cancel()
-        for task in list(hosted.tasks.values()) + list(hosted.background):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._stop_tasks([*hosted.tasks.values(), *hosted.background])
         for inst in hosted.instances.values():
             await inst.aclose()
         if ended and hosted.store is not None:
