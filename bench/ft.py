@@ -81,6 +81,7 @@ from ft_analysis import (
     output_span,
     recovery_s,
     series,
+    sink_split,
     sink_timeline,
     stash_series,
     stash_summary,
@@ -338,6 +339,7 @@ class Bench:
             warmup_ms = 0
             figures = latency_figures(tl, warmup_ms)
         figures["warmup_ms"] = warmup_ms
+        figures.update(sink_split(run.metrics))
         span = output_span(tl)
         if figures["p99_ms"] is None or span is None:
             raise PhaseFailed(mode, phase, "the sink's timeline has no stamped batches")

@@ -74,6 +74,21 @@ def sink_timeline(metrics: dict[str, Any]) -> Timeline:
     )
 
 
+def sink_split(metrics: dict[str, Any]) -> dict[str, float | None]:
+    """Where a sink's latency comes from: ``arrival_p50_ms``/``arrival_p99_ms`` (ingestion to the sink's
+    operator) beside ``written_p50_ms``/``written_p99_ms`` (to the write, after any output-commit wait),
+    from the sink instance's own histograms (its last 20,000 batches, warm-up included; the worst sink
+    instance when there are several)."""
+    out: dict[str, float | None] = {}
+    for key, name in (("arrival", "arrival_latency"), ("written", "latency")):
+        for q in ("p50_ms", "p99_ms"):
+            values = [
+                m[name][q] for m in metrics["instances"].values() if (m.get(name) or {}).get(q) is not None
+            ]
+            out[f"{key}_{q}"] = max(values) if values else None
+    return out
+
+
 def output_span(tl: Timeline) -> tuple[int, int] | None:
     """(first, last) bucket start with output, in ms since the epoch."""
     keys = [k for k, (records, _, _) in tl.buckets.items() if records]

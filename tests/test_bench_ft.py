@@ -20,7 +20,7 @@ from engine.metrics import Timeline
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ft_analysis import longest_zero_s, recovery_s, stash_series, targets  # noqa: E402
+from ft_analysis import longest_zero_s, recovery_s, sink_split, stash_series, targets  # noqa: E402
 
 T0 = 1_000_000  # ms since the epoch of the first bucket
 OFFERED = 10_000  # records/s: 1000 per 100 ms bucket
@@ -142,3 +142,16 @@ def test_quick_run_writes_every_file_with_every_figure(tmp_path: Path):
     for name in ("ft.md", "ft-latency.png", "ft-lineage-stash.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "| lineage |" in (tmp_path / "ft.md").read_text()
+
+
+def test_sink_split_separates_the_pipeline_from_the_commit_wait():
+    sink = {"arrival_latency": {"p50_ms": 14.0, "p99_ms": 26.0}, "latency": {"p50_ms": 19.0, "p99_ms": 35.0}}
+    other_sink = {
+        "arrival_latency": {"p50_ms": 10.0, "p99_ms": 30.0},
+        "latency": {"p50_ms": 12.0, "p99_ms": 31.0},
+    }
+    metrics = {"instances": {"write/0": sink, "write/1": other_sink, "count/0": {"state": "finished"}}}
+    assert sink_split(metrics) == {
+        "arrival_p50_ms": 14.0, "arrival_p99_ms": 30.0, "written_p50_ms": 19.0, "written_p99_ms": 35.0,
+    }  # fmt: skip
+    assert sink_split({"instances": {"count/0": {}}})["arrival_p99_ms"] is None
