@@ -55,3 +55,12 @@ def read_jsonl(directory: Path) -> list[Any]:
         with open(part, encoding="utf-8") as f:
             records.extend(json.loads(line) for line in f if line.strip())
     return records
+
+
+async def read_all(reader: Any, batch: int = 1000) -> list[Any]:
+    """Every record a source reader returns until its end, ``batch`` at most per read (checked)."""
+    out: list[Any] = []
+    while (chunk := await reader.read(batch)) is not None:
+        assert len(chunk) <= batch
+        out.extend(chunk)
+    return out

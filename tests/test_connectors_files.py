@@ -13,17 +13,10 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import read_all
 
 from connectors import FileSink, FileSource, StdoutSink
 from engine.errors import ParameterError, SerializationError, SourceDataError
-
-
-async def read_all(reader, batch=1000):
-    out = []
-    while (chunk := await reader.read(batch)) is not None:
-        assert len(chunk) <= batch
-        out.extend(chunk)
-    return out
 
 
 def expected_lines(content: bytes, encoding: str = "utf-8") -> list[str]:

@@ -5,17 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
+from support import read_all
 
 from connectors import GeneratorSource
 from engine.errors import ParameterError
-
-
-async def read_all(reader, batch=1000):
-    out = []
-    while (chunk := await reader.read(batch)) is not None:
-        assert len(chunk) <= batch
-        out.extend(chunk)
-    return out
 
 
 @pytest.mark.parametrize("parallelism", [1, 2, 3, 7, 12])

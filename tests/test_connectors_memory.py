@@ -5,19 +5,12 @@ from __future__ import annotations
 import multiprocessing
 
 import pytest
+from support import read_all
 
 import connectors
 from connectors import CollectSink, ListSource
 from engine.connector import Sink, Source
 from engine.errors import ParameterError
-
-
-async def read_all(reader, batch=1000):
-    out = []
-    while (chunk := await reader.read(batch)) is not None:
-        assert len(chunk) <= batch
-        out.extend(chunk)
-    return out
 
 
 def test_public_api_is_pinned():

@@ -13,6 +13,7 @@ from collections import Counter
 
 import msgpack
 import pytest
+from support import read_all
 
 from connectors.nexmark import (
     BASE_TIME_MS,
@@ -29,14 +30,6 @@ from engine.errors import ParameterError
 STREAM = events(20_000)  # default config: 2 s of event time
 #: sha256 of the JSON of the first 1000 events of the default config
 PINNED_DIGEST = "810bb363fb1a05527313abe894880126263472eb8e4e7f83ad035212d4582458"
-
-
-async def read_all(reader, batch=1000):
-    out = []
-    while (chunk := await reader.read(batch)) is not None:
-        assert len(chunk) <= batch
-        out.extend(chunk)
-    return out
 
 
 def test_event_is_a_pure_function_of_number_seed_and_config():
