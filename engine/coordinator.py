@@ -14,10 +14,7 @@ HTTP API (aiohttp), JSON bodies:
 
 Job lifecycle: ``deploying`` (instances placed, workers load the job and open their input channels)
 -> ``running`` (every worker got the address table) -> ``finished`` | ``failed`` | ``canceled``.
-Placement: a worker pinned to an instance (local mode) gets exactly that one; otherwise instances go
-round-robin to registered workers with free slots. In local mode a running job's restarted instances
-first adopt the job's idle spare workers (pinned ``JOB:~spare-N``, :mod:`engine.launcher`): re-pinned
-here, they host the instance without a new process having to start.
+Which worker hosts which instance is :mod:`engine.placement`'s business.
 """
 
 from __future__ import annotations
@@ -40,8 +37,9 @@ from engine.errors import CoordinatorError, JobDefinitionError, JobLoadError, Pa
 from engine.gcs_backends import RocksGCS
 from engine.global_rollback import GlobalCheckpointCoordinator
 from engine.job_run import TERMINAL, JobRun, WorkerConn
-from engine.launcher import SPARE_PREFIX, LocalLauncher
+from engine.launcher import LocalLauncher
 from engine.loader import JobRef, load_job
+from engine.placement import Placement
 from engine.plan import Plan
 from engine.recovery import LineageCoordinator
 
@@ -82,11 +80,7 @@ class Coordinator:
         self.checkpoints: GlobalCheckpointCoordinator | None = None
         self.jobs: dict[str, JobRun] = {}
         self.workers: dict[str, WorkerConn] = {}
-        self._workers_changed = asyncio.Condition()
-        #: local mode: pin a spare registers with -> the instance pin it was adopted for meanwhile
-        self._repins: dict[str, str] = {}
-        #: local mode: pins of spares whose connection closed before they were adopted (dead)
-        self._lost_spares: set[str] = set()
+        self.placement = Placement(self)
         self._runner: web.AppRunner | None = None
         self._bg: set[asyncio.Task[Any]] = set()
         self.app = web.Application(middlewares=[self._authenticate])
@@ -210,7 +204,7 @@ class Coordinator:
 
     async def _deploy(self, run: JobRun) -> None:
         instances = run.plan.instances()
-        if not await self._place_all(run, instances):
+        if not await self.placement.place_all(run, instances):
             return
         by_worker: dict[str, list[str]] = {}
         for inst, wid in run.placement.items():
@@ -232,130 +226,6 @@ class Coordinator:
             "recovery": recovery,
             "addresses": {k: list(v) for k, v in run.addresses.items()},
         }
-
-    async def _place_all(self, run: JobRun, instances: list[str]) -> bool:
-        """Place ``instances`` (launching their processes in local mode); fail the job if that fails."""
-        try:
-            watch: asyncio.Future[Any]
-            if self.launcher is not None:
-                deploying = run.state == "deploying"
-                # a restart takes a warm spare where the job has one; its replacement starts once the
-                # recovery is over (see "recovered"), not while the restarted instance needs the CPU
-                fresh = instances if deploying else self._adopt_spares(run, instances)
-                await self.launcher.launch(self.url, run.job_id, fresh, spares=deploying and run.recovers)
-                watch = asyncio.ensure_future(self._watch_launch(run, instances))
-            else:
-                watch = asyncio.ensure_future(asyncio.Event().wait())
-            place = asyncio.ensure_future(self._place(run, instances))
-            try:
-                done, _ = await asyncio.wait(
-                    {place, watch}, timeout=self.deploy_timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                for fut in (place, watch):
-                    fut.cancel()
-            if place in done:
-                place.result()
-                return True
-            if watch in done:
-                await self._fail(run, None, watch.result())
-                return False
-            await self._fail(run, None, self._placement_problem(run, instances))
-        except Exception as exc:
-            await self._fail(run, None, f"deploying job {run.job_id} failed: {exc}")
-        return False
-
-    def _adopt_spares(self, run: JobRun, instances: list[str]) -> list[str]:
-        """Give ``instances`` of running ``run`` its idle spare workers; returns those left without one.
-
-        Registered spares go first (they are ready); one still starting goes next: it began before any
-        process launched now would. A spare is re-pinned here, on the coordinator's side only (a pinned
-        worker uses its pin to register, and only registers once); one not registered yet is re-pinned
-        when it registers. The launcher re-keys its process under the instance.
-        """
-        assert self.launcher is not None
-        job_id = run.job_id
-        spare_pins = f"{job_id}:{SPARE_PREFIX}"
-        registered = {w.pin: w for w in self.workers.values() if w.pin and w.pin.startswith(spare_pins)}
-        spares = [
-            name for name in self.launcher.idle_spares(job_id) if f"{job_id}:{name}" not in self._lost_spares
-        ]
-        spares.sort(key=lambda name: f"{job_id}:{name}" not in registered)  # stable: oldest first
-        left = list(instances)
-        while left and spares:
-            inst, name = left.pop(0), spares.pop(0)
-            spare_pin, pin = f"{job_id}:{name}", f"{job_id}:{inst}"
-            pid = self.launcher.adopt(job_id, name, inst)
-            w = registered.get(spare_pin)
-            if w is not None:
-                w.pin = pin
-            else:
-                self._repins[spare_pin] = pin
-            log.info("job %s: instance %s restarts in spare worker %s (pid %d, %s)", job_id, inst, name,
-                     pid, "registered" if w is not None else "still starting")  # fmt: skip
-        return left
-
-    async def _replenish_spares(self, run: JobRun) -> None:
-        """After a recovery: start the spares the job used, off the recovery's critical path."""
-        if self.launcher is not None and run.state == "running" and run.recovers and not run.recovering:
-            await self.launcher.replenish(self.url, run.job_id)
-
-    async def _watch_launch(self, run: JobRun, instances: list[str]) -> str:
-        """Returns a message as soon as a launched worker process exits before it registered."""
-        assert self.launcher is not None
-        while True:
-            for inst in instances:
-                code = self.launcher.returncode(run.job_id, inst)
-                if code is not None and inst not in run.placement:
-                    return (
-                        f"the worker process for instance {inst} exited with code {code} before it registered; "
-                        "its error is printed above (run with --log-level INFO for more)"
-                    )
-            await asyncio.sleep(0.05)
-
-    def _placement_problem(self, run: JobRun, instances: list[str]) -> str:
-        free = sum(w.slots - len(w.instances) for w in self.workers.values() if w.pin is None)
-        where = f"{free} free slots on {len(self.workers)} workers"
-        if run.state == "running":  # a recovery
-            return (
-                f"instance {', '.join(instances)} of job {run.job_id} cannot be restarted: no worker took it "
-                f"within {self.deploy_timeout:.0f} s ({where}); keep spare slots in a cluster (--slots) so that "
-                "a dead worker's instances fit on the others"
-            )
-        return (
-            f"job {run.job_id} needs {len(instances)} instance slots; {len(run.placement)} were placed within "
-            f"{self.deploy_timeout:.0f} s ({where}); start more workers or raise --slots"
-        )
-
-    async def _place(self, run: JobRun, instances: list[str]) -> None:
-        pending = list(instances)
-        async with self._workers_changed:
-            while True:
-                for w in self.workers.values():
-                    if w.pin is not None:
-                        job_id, _, inst = w.pin.partition(":")
-                        if job_id == run.job_id and inst in pending:
-                            self._assign(run, inst, w)
-                            pending.remove(inst)
-                if self.launcher is None:
-                    free = sorted(
-                        (w for w in self.workers.values() if w.pin is None and len(w.instances) < w.slots),
-                        key=lambda w: (len(w.instances), w.worker_id),
-                    )
-                    while pending and free:
-                        w = free.pop(0)
-                        self._assign(run, pending.pop(0), w)
-                        if len(w.instances) < w.slots:
-                            free.append(w)
-                            free.sort(key=lambda w: (len(w.instances), w.worker_id))
-                if not pending:
-                    return
-                await self._workers_changed.wait()
-
-    def _assign(self, run: JobRun, inst: str, w: WorkerConn) -> None:
-        run.placement[inst] = w.worker_id
-        run.addresses[inst] = w.address
-        w.instances.add((run.job_id, inst))
 
     async def _on_deployed(self, run: JobRun, insts: list[str]) -> None:
         run.deployed.update(insts)
@@ -431,7 +301,7 @@ class Coordinator:
             await self._fail(run, inst, f"instance {inst}: recovery failed: {type(exc).__name__}: {exc}")
 
     async def _redeploy(self, run: JobRun, inst: str, payload: dict[str, Any]) -> None:
-        if not await self._place_all(run, [inst]):
+        if not await self.placement.place_all(run, [inst]):
             return
         message = self._deploy_message(run, [inst], {inst: payload})
         await self.workers[run.placement[inst]].send(message)
@@ -502,10 +372,7 @@ class Coordinator:
         if self.launcher is not None:
             # idle spares host nothing and get no cancel: they go now, not after reap's grace
             self.launcher.stop_spares(run.job_id)
-            prefix = f"{run.job_id}:"
-            for pin in [p for p in self._repins if p.startswith(prefix)]:
-                del self._repins[pin]
-            self._lost_spares = {p for p in self._lost_spares if not p.startswith(prefix)}
+            self.placement.forget_spares(run.job_id)
             self._spawn(self.launcher.reap(run.job_id, grace=2.0))
 
     async def _drop_job_state(self, job_id: str) -> None:
@@ -557,13 +424,13 @@ class Coordinator:
                         ws,
                         tuple(data["address"]),
                         int(data["slots"]),
-                        self._repins.pop(pin, pin) if isinstance(pin, str) else pin,  # adopted while starting
+                        self.placement.pin_at_registration(pin),
                         data.get("pid"),
                     )
                     self.workers[conn.worker_id] = conn
                     log.info("worker %s registered (data %s, pid %s)", conn.worker_id, conn.address, conn.pid)
-                    async with self._workers_changed:
-                        self._workers_changed.notify_all()
+                    async with self.placement.changed:
+                        self.placement.changed.notify_all()
                 elif conn is not None:
                     conn.last_seen = time.monotonic()
                     try:
@@ -575,10 +442,7 @@ class Coordinator:
         finally:
             if conn is not None:
                 self.workers.pop(conn.worker_id, None)
-                if conn.pin is not None and f":{SPARE_PREFIX}" in conn.pin:
-                    run = self.jobs.get(conn.pin.partition(":")[0])
-                    if run is not None and run.state not in TERMINAL:
-                        self._lost_spares.add(conn.pin)  # never adopt it: it would not register again
+                self.placement.connection_lost(conn)
                 await self._on_worker_lost(conn)
         return ws
 
@@ -597,7 +461,7 @@ class Coordinator:
         if run is None:
             return
         if kind == "recovered" and self.launcher is not None:
-            self._spawn(self._replenish_spares(run))
+            self._spawn(self.placement.replenish_spares(run))
         if kind == "log" and run.lineage is not None:
             self._spawn(run.lineage.on_log(run, data))  # concurrent: the GCS group-commits them
             return

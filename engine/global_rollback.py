@@ -210,7 +210,7 @@ class GlobalCheckpointCoordinator:
             for wid, names in by_worker.items()
         ))  # fmt: skip
         if gone:
-            if not await coord._place_all(run, gone):
+            if not await coord.placement.place_all(run, gone):
                 return True  # the job failed, with the reason
             for inst in gone:
                 message = coord._deploy_message(run, [inst], {inst: recovery[inst]})
