@@ -16,20 +16,26 @@ from engine.errors import (
     StashflowError,
     UserFunctionError,
 )
+from engine.event_time import BoundedOutOfOrderness
+from operators.windows import Session, Sliding, Tumbling
 
 __all__ = [
+    "BoundedOutOfOrderness",
     "Job",
     "JobDefinitionError",
     "JobFailed",
     "JobLoadError",
     "KeyedStream",
     "ParameterError",
+    "Session",
     "Sink",
     "SinkWriter",
+    "Sliding",
     "Source",
     "SourceReader",
     "StashflowError",
     "Stream",
+    "Tumbling",
     "UserFunctionError",
     "ctx",
 ]

@@ -13,10 +13,12 @@ list append and nothing else.
 ``(Kind.RAND, seed)``                the seed ``ctx.random()`` was drawn from
 ``(Kind.TIMER, time_ns)``            a processing-time timer fired between two batches
 ``(Kind.SOURCE, offset, count)``     a source cut a batch of ``count`` records after ``offset``
+``(Kind.IDLE,)``                     a source declared its event time idle (no records for its
+                                     idle timeout): its watermark no longer holds back the job's
 ==================================== =============================================================
 
-Build them with :func:`recv`, :func:`flush`, :func:`now`, :func:`rand`, :func:`timer` and
-:func:`source`. A SOURCE offset is any msgpack value; like records on a channel, its lists come back
+Build them with :func:`recv`, :func:`flush`, :func:`now`, :func:`rand`, :func:`timer`,
+:func:`source` and :func:`idle`. A SOURCE offset is any msgpack value; like records on a channel, its lists come back
 as tuples, and :meth:`CausalLog.append` normalises it so that the live log and a recovered one agree.
 
 **Positions.** The causal log of an instance holds its own determinants in processing order. The
@@ -65,6 +67,7 @@ __all__ = [
     "describe",
     "encode",
     "flush",
+    "idle",
     "now",
     "rand",
     "recv",
@@ -82,6 +85,7 @@ class Kind(enum.IntEnum):
     RAND = 4
     TIMER = 5
     SOURCE = 6
+    IDLE = 7
 
 
 #: A determinant: a tuple ``(Kind, *fields)`` (see the module docstring for the shapes).
@@ -96,8 +100,9 @@ _RECV = Kind.RECV
 # small list. Packing holds the GIL throughout (no ``default`` hook), so sharing it is safe.
 _pack = msgpack.Packer().pack
 _FLUSH: Determinant = (Kind.FLUSH,)
+_IDLE: Determinant = (Kind.IDLE,)
 _KINDS: tuple[Kind | None, ...] = (None, *Kind)  # code -> Kind, without the cost of Kind(code)
-_ARITY = {Kind.FLUSH: 1, Kind.TIME: 2, Kind.RAND: 2, Kind.TIMER: 2, Kind.SOURCE: 3}
+_ARITY = {Kind.FLUSH: 1, Kind.IDLE: 1, Kind.TIME: 2, Kind.RAND: 2, Kind.TIMER: 2, Kind.SOURCE: 3}
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what msgpack can carry
 
 # The RECV determinants of the first channels are shared: logging one allocates nothing, a decoded run
@@ -116,6 +121,11 @@ def recv(channel: int) -> Determinant:
 def flush() -> Determinant:
     """``FLUSH``: the flush timer (not a full buffer) sent the partially filled output buffers."""
     return _FLUSH
+
+
+def idle() -> Determinant:
+    """``IDLE``: a source produced nothing for its idle timeout and declared its event time idle."""
+    return _IDLE
 
 
 def now(value_ns: int) -> Determinant:
@@ -172,6 +182,8 @@ def _check(det: Any) -> Determinant:
         raise ValueError(f"{kind.name} takes {_ARITY[kind] - 1} field(s), got {short_repr(det, 60)}")
     if kind is Kind.FLUSH:
         return _FLUSH
+    if kind is Kind.IDLE:
+        return _IDLE
     if kind is Kind.SOURCE:
         count = det[2]
         if type(count) is not int or not 0 <= count <= _INT_MAX:

@@ -13,6 +13,9 @@ A ``BATCH`` body is a fixed binary header followed by the record payload::
     [u32 n][n bytes lineage]      if flags & LINEAGE
     [payload]                     msgpack array of the records; an lz4 block (size stored) if flags & LZ4
 
+The ``IDLE`` flag adds no field: the sender's event time is idle (:mod:`engine.event_time`), so the
+receiver leaves this channel out of its watermark until the channel sends a batch without the flag.
+
 The header is ``struct``-packed rather than msgpack-encoded: it is parsed once per batch, and optional
 fields cost nothing when absent (the lineage delta of DESIGN.md §5 is ``None`` on most batches of a
 job without failures in its causal past). The records are packed as one msgpack array in one call, so
@@ -32,7 +35,7 @@ by walking the batch only after msgpack refused it, so the happy path pays nothi
 
 >>> frame = encode_batch(Batch(seq=1, records=[("a", 1), ["b", 2]], watermark=10))
 >>> decode_batch(frame[5:])
-Batch(seq=1, records=(('a', 1), ('b', 2)), watermark=10, lineage=None, ingest_ns=None, barrier=None)
+Batch(seq=1, records=(('a', 1), ('b', 2)), watermark=10, lineage=None, ingest_ns=None, barrier=None, idle=False)
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ __all__ = [
 ]
 
 #: Version of the channel protocol, exchanged in the handshake; bump it on any wire change.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the IDLE header flag
 
 #: Default largest frame (kind + body) a reader accepts; the ``max_frame_bytes`` setting overrides it.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
@@ -103,7 +106,8 @@ _F_INGEST = 0x02
 _F_LINEAGE = 0x04
 _F_LZ4 = 0x08
 _F_BARRIER = 0x10
-_F_KNOWN = _F_WATERMARK | _F_INGEST | _F_LINEAGE | _F_LZ4 | _F_BARRIER
+_F_IDLE = 0x20
+_F_KNOWN = _F_WATERMARK | _F_INGEST | _F_LINEAGE | _F_LZ4 | _F_BARRIER | _F_IDLE
 _F_HEADER = _F_WATERMARK | _F_INGEST | _F_LINEAGE | _F_BARRIER  # the flags that add header fields
 
 # One Struct per combination of optional header fields: the frame prefix and the whole header are packed
@@ -133,6 +137,7 @@ class Batch:
     byte-exact; ``ingest_ns`` the source's ingestion time (``time.time_ns()``) for latency metrics.
     ``barrier``, on a batch without records, is the id of the global checkpoint whose barrier it is
     (``--ft checkpoint``, :mod:`engine.global_checkpoint`): it flows in order with the data.
+    ``idle``: the sender declared its event time idle (a logged decision at a source, §4).
     """
 
     seq: int
@@ -141,6 +146,7 @@ class Batch:
     lineage: bytes | None = None
     ingest_ns: int | None = None
     barrier: int | None = None
+    idle: bool = False
 
 
 # -- frames ------------------------------------------------------------------------------------------
@@ -233,6 +239,8 @@ def encode_batch(batch: Batch, *, compress_min_bytes: int | None = COMPRESS_MIN_
     if batch.barrier is not None:
         flags |= _F_BARRIER
         fields.append(batch.barrier)
+    if batch.idle:
+        flags |= _F_IDLE
     lineage = batch.lineage
     if lineage is not None:
         flags |= _F_LINEAGE
@@ -320,7 +328,7 @@ def decode_batch(body: bytes | memoryview) -> Batch:
         raise ProtocolError(
             f"malformed BATCH frame (seq {seq}): records decode to a {type(records).__name__}, not an array"
         )
-    return Batch(seq, records, watermark, lineage, ingest_ns, barrier)
+    return Batch(seq, records, watermark, lineage, ingest_ns, barrier, bool(flags & _F_IDLE))
 
 
 def _decompress(payload: memoryview, seq: int) -> bytes:

@@ -14,6 +14,21 @@ metrics, the CLI's ``--kill`` and the dashboard speak of.
 
 Records that cross a channel between instances are msgpack-encoded: sequences arrive as tuples, so
 write functions that accept either.
+
+**Event time.** A source given ``timestamp=fn`` (and a ``watermark`` strategy,
+:class:`~engine.event_time.BoundedOutOfOrderness`) makes a *timed* stream: every record carries its
+event time, and watermarks flow with the batches. ``map``, ``flat_map``, ``filter``, ``key_by``,
+``union`` and the running ``count``/``reduce`` keep the timestamp of the record they came from (user
+functions only ever see values); ``window`` results carry ``end - 1``, as in Flink. Sinks write values.
+
+>>> from engine import BoundedOutOfOrderness, Tumbling
+>>> clicks = Job("clicks")
+>>> events = clicks.source("read", ListSource([("u1", 1_000), ("u2", 1_500), ("u1", 12_000)]),
+...                        timestamp=lambda e: e[1], watermark=BoundedOutOfOrderness(2_000))
+>>> counts = events.key_by(lambda e: e[0]).window("per_10s", Tumbling(10_000)).count()
+>>> counts.sink("write", CollectSink())
+>>> clicks.step("per_10s").kind, clicks.step("per_10s").timed_in
+('window', True)
 """
 
 from __future__ import annotations
@@ -21,17 +36,45 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from engine.connector import Sink, Source
-from engine.errors import DuplicateStepError, JobDefinitionError
+from engine.errors import DuplicateStepError, JobDefinitionError, ParameterError, short_repr
+from engine.event_time import BoundedOutOfOrderness
 
-__all__ = ["Edge", "Job", "KeyedStream", "Step", "StepKind", "Stream"]
+if TYPE_CHECKING:
+    from operators.windows import WindowAggregate, WindowAssigner
+
+__all__ = [
+    "Edge",
+    "Job",
+    "KeyedStream",
+    "Step",
+    "StepKind",
+    "Stream",
+    "WindowSpec",
+    "WindowStream",
+    "WindowedStream",
+]
 
 StepKind = Literal[
-    "source", "map", "flat_map", "filter", "union", "count", "reduce", "count_final", "reduce_final", "sink"
+    "source",
+    "map",
+    "flat_map",
+    "filter",
+    "union",
+    "count",
+    "reduce",
+    "count_final",
+    "reduce_final",
+    "window",
+    "sink",
 ]
 Partitioning = Literal["forward", "rebalance", "hash"]
+TimeDomain = Literal["event", "processing"]
+
+#: the side output of a window step that carries its late records (:meth:`WindowStream.late`)
+LATE = "late"
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
@@ -43,11 +86,29 @@ class Edge:
     upstream: str
     partitioning: Partitioning = "forward"
     key_fn: Callable[[Any], Any] | None = None
+    #: which output of ``upstream``: ``None`` the main one, else a side output (``"late"``)
+    tag: str | None = None
+    #: records on this edge are ``(timestamp, value)`` pairs (the key function reads the value)
+    timed: bool = False
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """What a window step computes: the assigner, the aggregate, the lateness and the time domain."""
+
+    assigner: WindowAssigner
+    aggregate: WindowAggregate
+    allowed_lateness_ms: int = 0
+    time: TimeDomain = "event"
 
 
 @dataclass(frozen=True)
 class Step:
-    """One node of the job graph (a logical operator). Built by :class:`Stream` methods, never by hand."""
+    """One node of the job graph (a logical operator). Built by :class:`Stream` methods, never by hand.
+
+    ``timed_in``: its input records are ``(timestamp, value)`` pairs (event time, see the module
+    docstring); ``timestamp_fn`` and ``watermark`` belong to a source that starts a timed stream.
+    """
 
     name: str
     kind: StepKind
@@ -57,10 +118,23 @@ class Step:
     source: Source | None = None
     sink: Sink | None = None
     parallelism: int | None = None
+    timed_in: bool = False
+    timestamp_fn: Callable[[Any], int] | None = None
+    watermark: BoundedOutOfOrderness | None = None
+    window: WindowSpec | None = None
 
     @property
     def keyed(self) -> bool:
-        return self.kind in ("count", "reduce", "count_final", "reduce_final")
+        return self.kind in ("count", "reduce", "count_final", "reduce_final", "window")
+
+    @property
+    def timed_out(self) -> bool:
+        """Its (main) output records are ``(timestamp, value)`` pairs."""
+        if self.kind == "source":
+            return self.timestamp_fn is not None
+        if self.kind in ("count_final", "reduce_final", "sink"):
+            return False
+        return self.kind == "window" or self.timed_in
 
 
 @dataclass
@@ -93,14 +167,50 @@ class Job:
             known = ", ".join(self._steps) or "none"
             raise JobDefinitionError(f"job {self.name!r} has no step {name!r}; its steps: {known}") from None
 
-    def source(self, name: str, source: Source, *, parallelism: int | None = None) -> Stream:
-        """Add a source step reading from ``source`` (a :class:`engine.connector.Source`)."""
+    def source(
+        self,
+        name: str,
+        source: Source,
+        *,
+        timestamp: Callable[[Any], int] | None = None,
+        watermark: BoundedOutOfOrderness | None = None,
+        parallelism: int | None = None,
+    ) -> Stream:
+        """Add a source step reading from ``source`` (a :class:`engine.connector.Source`).
+
+        ``timestamp(record)`` gives a record's event time in int milliseconds and makes the stream
+        timed; ``watermark`` says how far out of order records may come (default
+        ``BoundedOutOfOrderness(0)``: in order) and after how long a quiet source instance is idle.
+        """
         if not isinstance(source, Source):
             raise JobDefinitionError(
                 f"step {name!r}: source expects an engine.connector.Source (e.g. connectors.FileSource), "
                 f"got {type(source).__name__}"
             )
-        return self._add(Step(name, "source", source=source, parallelism=parallelism))
+        if timestamp is not None:
+            _check_fn(name, "timestamp", timestamp)
+        if watermark is not None:
+            if not isinstance(watermark, BoundedOutOfOrderness):
+                raise JobDefinitionError(
+                    f"step {name!r}: watermark expects engine.BoundedOutOfOrderness(max_out_of_order_ms), "
+                    f"got {short_repr(watermark)}"
+                )
+            if timestamp is None:
+                raise JobDefinitionError(
+                    f"step {name!r}: a watermark strategy needs event times: pass timestamp=fn too, a "
+                    "function from a record to its event time in int milliseconds"
+                )
+        elif timestamp is not None:
+            watermark = BoundedOutOfOrderness(0)
+        step = Step(
+            name,
+            "source",
+            source=source,
+            parallelism=parallelism,
+            timestamp_fn=timestamp,
+            watermark=watermark,
+        )
+        return self._add(step)
 
     def _add(self, step: Step) -> Stream:
         if not isinstance(step.name, str) or not _NAME.match(step.name):
@@ -133,12 +243,13 @@ def _check_fn(step: str, what: str, fn: object) -> None:
 class Stream:
     """The output of a step; methods add downstream steps and return their streams."""
 
-    __slots__ = ("_job", "_partitioning", "_step")
+    __slots__ = ("_job", "_partitioning", "_step", "_tag")
 
-    def __init__(self, job: Job, step: str, partitioning: Partitioning = "forward"):
+    def __init__(self, job: Job, step: str, partitioning: Partitioning = "forward", tag: str | None = None):
         self._job = job
         self._step = step
         self._partitioning: Partitioning = partitioning
+        self._tag = tag
 
     def __repr__(self) -> str:
         return f"Stream(job={self._job.name!r}, step={self._step!r})"
@@ -151,15 +262,22 @@ class Stream:
     def step_name(self) -> str:
         return self._step
 
+    @property
+    def timed(self) -> bool:
+        """Its records carry event time (see the module docstring)."""
+        step = self._job.step(self._step)
+        return True if self._tag == LATE else step.timed_out
+
     def _edge(self) -> Edge:
-        return Edge(self._step, self._partitioning)
+        return Edge(self._step, self._partitioning, tag=self._tag, timed=self.timed)
 
     def _add(
         self, name: str, kind: StepKind, fn: Callable[..., Any] | None, parallelism: int | None
     ) -> Stream:
         if fn is not None:
             _check_fn(name, kind, fn)
-        return self._job._add(Step(name, kind, (self._edge(),), fn=fn, parallelism=parallelism))
+        step = Step(name, kind, (self._edge(),), fn=fn, parallelism=parallelism, timed_in=self.timed)
+        return self._job._add(step)
 
     def map(self, name: str, fn: Callable[[Any], Any], *, parallelism: int | None = None) -> Stream:
         """Emit ``fn(x)`` for every record ``x``."""
@@ -180,6 +298,7 @@ class Stream:
         if not others:
             raise JobDefinitionError(f"step {name!r}: union needs at least one other stream to merge with")
         edges = [self._edge()]
+        timed = self.timed
         for other in others:
             if not isinstance(other, Stream) or isinstance(other, KeyedStream):
                 raise JobDefinitionError(
@@ -191,20 +310,28 @@ class Stream:
                     f"step {name!r}: stream of step {other._step!r} belongs to job {other._job.name!r}, "
                     f"not to job {self._job.name!r}; build each job from its own sources"
                 )
+            if other.timed != timed:
+                which = [f"{e.upstream} ({'with' if e.timed else 'without'} event time)" for e in edges]
+                raise JobDefinitionError(
+                    f"step {name!r}: union of a stream with event time and one without: {', '.join(which)}, "
+                    f"{other._step} ({'with' if other.timed else 'without'} event time); give every source "
+                    "of the union timestamp=fn, or none"
+                )
             edges.append(other._edge())
-        names = [e.upstream for e in edges]
+        names = [(e.upstream, e.tag) for e in edges]
         if len(set(names)) != len(names):
-            raise JobDefinitionError(f"step {name!r}: union lists step(s) {names} more than once")
-        return self._job._add(Step(name, "union", tuple(edges), parallelism=parallelism))
+            listed = [e.upstream if e.tag is None else f"{e.upstream}.{e.tag}" for e in edges]
+            raise JobDefinitionError(f"step {name!r}: union lists step(s) {listed} more than once")
+        return self._job._add(Step(name, "union", tuple(edges), parallelism=parallelism, timed_in=timed))
 
     def rebalance(self) -> Stream:
         """Distribute the next step's input round-robin over its instances (no chaining across it)."""
-        return Stream(self._job, self._step, "rebalance")
+        return Stream(self._job, self._step, "rebalance", self._tag)
 
     def key_by(self, fn: Callable[[Any], Any]) -> KeyedStream:
         """Partition by ``fn(x)`` (a stable hash, equal in every process and run) for a keyed step."""
         _check_fn(self._step, "key_by", fn)
-        return KeyedStream(self._job, self._step, fn)
+        return KeyedStream(self._job, self._step, fn, self._tag)
 
     def sink(self, name: str, sink: Sink, *, parallelism: int | None = None) -> None:
         """Write the stream to ``sink`` (an :class:`engine.connector.Sink`). Ends the chain."""
@@ -213,7 +340,8 @@ class Stream:
                 f"step {name!r}: sink expects an engine.connector.Sink (e.g. connectors.FileSink), "
                 f"got {type(sink).__name__}"
             )
-        self._job._add(Step(name, "sink", (self._edge(),), sink=sink, parallelism=parallelism))
+        step = Step(name, "sink", (self._edge(),), sink=sink, parallelism=parallelism, timed_in=self.timed)
+        self._job._add(step)
 
 
 class KeyedStream(Stream):
@@ -221,23 +349,71 @@ class KeyedStream(Stream):
 
     __slots__ = ("_key_fn",)
 
-    def __init__(self, job: Job, step: str, key_fn: Callable[[Any], Any]):
-        super().__init__(job, step, "hash")
+    def __init__(self, job: Job, step: str, key_fn: Callable[[Any], Any], tag: str | None = None):
+        super().__init__(job, step, "hash", tag)
         self._key_fn = key_fn
 
     def __repr__(self) -> str:
         return f"KeyedStream(job={self._job.name!r}, step={self._step!r})"
 
     def _edge(self) -> Edge:
-        return Edge(self._step, "hash", self._key_fn)
+        return Edge(self._step, "hash", self._key_fn, self._tag, self.timed)
 
     def _keyed(
         self, name: str, kind: StepKind, fn: Callable[..., Any] | None, parallelism: int | None
     ) -> Stream:
         if fn is not None:
             _check_fn(name, kind, fn)
-        step = Step(name, kind, (self._edge(),), fn=fn, key_fn=self._key_fn, parallelism=parallelism)
+        step = Step(
+            name,
+            kind,
+            (self._edge(),),
+            fn=fn,
+            key_fn=self._key_fn,
+            parallelism=parallelism,
+            timed_in=self.timed,
+        )
         return self._job._add(step)
+
+    def window(
+        self,
+        name: str,
+        assigner: WindowAssigner,
+        *,
+        allowed_lateness: int = 0,
+        time: TimeDomain = "event",
+        parallelism: int | None = None,
+    ) -> WindowedStream:
+        """Group each key's records into windows (``Tumbling``, ``Sliding``, ``Session``); then
+        ``.count()``, ``.reduce(fn)`` or ``.aggregate(...)`` makes the step.
+
+        Each result is ``(key, start, end, value)`` (milliseconds, ``[start, end)``), emitted once
+        the watermark passes ``end`` (``time="event"``, the stream needs event time) or once the
+        processing-time clock does (``time="processing"``). A record that arrives after its window
+        fired but within ``allowed_lateness`` ms updates it and fires it again; later ones go to
+        the ``.late()`` side output of the step.
+        """
+        from operators.windows import Session, Sliding, Tumbling
+
+        if not isinstance(assigner, Tumbling | Sliding | Session):
+            raise JobDefinitionError(
+                f"step {name!r}: window expects engine.Tumbling(size_ms), engine.Sliding(size_ms, "
+                f"slide_ms) or engine.Session(gap_ms), got {short_repr(assigner)}"
+            )
+        if type(allowed_lateness) is not int or allowed_lateness < 0:
+            raise ParameterError(
+                f"step {name!r}: allowed_lateness must be an int >= 0 (milliseconds), got "
+                f"{short_repr(allowed_lateness)}"
+            )
+        if time not in ("event", "processing"):
+            raise JobDefinitionError(f"step {name!r}: time must be 'event' or 'processing', got {time!r}")
+        if time == "event" and not self.timed:
+            raise JobDefinitionError(
+                f"step {name!r}: an event-time window needs records with event time, and the stream of "
+                f"step {self._step!r} has none: give its source timestamp=fn (and watermark="
+                "BoundedOutOfOrderness(ms)), or use time='processing'"
+            )
+        return WindowedStream(self, name, assigner, allowed_lateness, time, parallelism)
 
     def count(self, name: str, *, parallelism: int | None = None) -> Stream:
         """Emit ``(key, running_count)`` for every record."""
@@ -274,5 +450,93 @@ class KeyedStream(Stream):
     def _not_keyed(self, what: str) -> JobDefinitionError:
         return JobDefinitionError(
             f"{what} after key_by on step {self._step!r}: a KeyedStream feeds keyed steps "
-            "(count, reduce, count_final, reduce_final); drop the key_by or add a keyed step first"
+            "(count, reduce, count_final, reduce_final, window); drop the key_by or add a keyed step first"
         )
+
+
+class WindowedStream:
+    """A keyed stream cut into windows; :meth:`count`, :meth:`reduce` or :meth:`aggregate` adds the step."""
+
+    __slots__ = ("_assigner", "_keyed", "_lateness", "_name", "_parallelism", "_time")
+
+    def __init__(
+        self,
+        keyed: KeyedStream,
+        name: str,
+        assigner: WindowAssigner,
+        allowed_lateness: int,
+        time: TimeDomain,
+        parallelism: int | None,
+    ):
+        self._keyed = keyed
+        self._name = name
+        self._assigner = assigner
+        self._lateness = allowed_lateness
+        self._time: TimeDomain = time
+        self._parallelism = parallelism
+
+    def count(self) -> WindowStream:
+        """``(key, start, end, number of records)`` per window."""
+        from operators.windows import WindowAggregate
+
+        return self._add(WindowAggregate.count())
+
+    def reduce(self, fn: Callable[[Any, Any], Any]) -> WindowStream:
+        """``(key, start, end, fn(...fn(fn(r1, r2), r3)...))`` per window (records in arrival order)."""
+        from operators.windows import WindowAggregate
+
+        _check_fn(self._name, "reduce", fn)
+        return self._add(WindowAggregate.reduce(fn))
+
+    def aggregate(
+        self,
+        init: Callable[[], Any],
+        add: Callable[[Any, Any], Any],
+        merge: Callable[[Any, Any], Any] | None = None,
+        result: Callable[[Any], Any] | None = None,
+    ) -> WindowStream:
+        """Flink's ``AggregateFunction``: ``init() -> acc``, ``add(acc, record) -> acc``,
+        ``merge(acc, acc) -> acc`` (needed by ``Session``), ``result(acc) -> value``; emits
+        ``(key, start, end, value)``. Accumulators are stored as msgpack: return new ones (lists come
+        back as tuples)."""
+        from operators.windows import WindowAggregate
+
+        for what, fn in (("init", init), ("add", add)):
+            _check_fn(self._name, f"aggregate {what}", fn)
+        for what, opt in (("merge", merge), ("result", result)):
+            if opt is not None:
+                _check_fn(self._name, f"aggregate {what}", opt)
+        return self._add(WindowAggregate.aggregate(init, add, merge, result))
+
+    def _add(self, aggregate: WindowAggregate) -> WindowStream:
+        keyed = self._keyed
+        if self._assigner.merging and aggregate.merge is None:
+            raise JobDefinitionError(
+                f"step {self._name!r}: {self._assigner} merges windows, so the aggregate needs a merge "
+                "function: pass merge=(acc, acc) -> acc to aggregate()"
+            )
+        spec = WindowSpec(self._assigner, aggregate, self._lateness, self._time)
+        step = Step(
+            self._name,
+            "window",
+            (keyed._edge(),),
+            key_fn=keyed._key_fn,
+            parallelism=self._parallelism,
+            timed_in=keyed.timed,
+            window=spec,
+        )
+        keyed._job._add(step)
+        return WindowStream(keyed._job, self._name)
+
+
+class WindowStream(Stream):
+    """The results of a window step; :meth:`late` is its side output of late records."""
+
+    __slots__ = ()
+
+    def late(self) -> Stream:
+        """The records that came after every window they belong to was dropped (event time past
+        ``end + allowed_lateness``), as they were, with their event time: not silently dropped."""
+        if self._tag is not None:
+            raise JobDefinitionError(f"late() of step {self._step!r} is already its late side output")
+        return Stream(self._job, self._step, "forward", LATE)

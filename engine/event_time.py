@@ -32,8 +32,9 @@ may carry the same watermark many times).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from engine.errors import ParameterError
 
@@ -120,6 +121,19 @@ class InputWatermarks:
             self._idle[index] = True
             self._active -= 1
         return self._recompute()
+
+    def snapshot(self) -> list[list[int | None] | list[bool] | int | None]:
+        """The whole state, msgpack-able, for a checkpoint."""
+        return [self._seen, self._ended, self._idle, self.current]
+
+    def restore(self, state: Sequence[Any]) -> None:
+        """Resume from :meth:`snapshot` (of an instance with as many inputs)."""
+        seen, ended, idle, current = state
+        if len(seen) != len(self._seen):
+            raise ValueError(f"InputWatermarks of {len(self._seen)} inputs cannot restore {len(seen)}")
+        self._seen, self._ended, self._idle = list(seen), list(ended), list(idle)
+        self._active = sum(1 for e, i in zip(self._ended, self._idle, strict=True) if not e and not i)
+        self.current = current
 
     def _recompute(self) -> int | None:
         if self._active == 0:

@@ -41,10 +41,17 @@ class ChannelSender:
         self.channel_id = channel_id
         self.next_seq = 1
 
-    async def send(self, records: Sequence[Any], ingest_ns: int | None = None) -> None:
+    async def send(
+        self,
+        records: Sequence[Any],
+        ingest_ns: int | None = None,
+        watermark: int | None = None,
+        idle: bool = False,
+    ) -> None:
+        """Send one batch; ``watermark`` and ``idle`` are the sender's event time after its records."""
         seq = self.next_seq
         self.next_seq = seq + 1
-        await self.channel.send(Batch(seq, records, ingest_ns=ingest_ns))
+        await self.channel.send(Batch(seq, records, watermark=watermark, ingest_ns=ingest_ns, idle=idle))
 
     async def send_barrier(self, checkpoint_id: int) -> None:
         """A checkpoint barrier (``--ft checkpoint``): a record-less batch, in order with the data."""
@@ -116,6 +123,13 @@ class FaultTolerance:
 
     def on_flush(self) -> None:
         """The latency timer fired: partially filled buffers are being sent."""
+
+    def on_timer(self, time_ns: int) -> None:
+        """Processing-time timers due at ``time_ns`` fire now, between two batches."""
+        self.clock.next_batch()
+
+    def on_idle(self) -> None:
+        """A source produced nothing for its idle timeout and declares its event time idle."""
 
     async def on_barrier(self, index: int, checkpoint_id: int) -> None:
         """A checkpoint barrier arrived on input ``index`` (only ``--ft checkpoint`` sends them)."""

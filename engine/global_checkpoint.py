@@ -150,8 +150,14 @@ class _RollbackAwareSender(ChannelSender):
             await asyncio.sleep(ROLLBACK_WAIT_S)
             raise
 
-    async def send(self, records: Sequence[Any], ingest_ns: int | None = None) -> None:
-        await self._guard(super().send(records, ingest_ns))
+    async def send(
+        self,
+        records: Sequence[Any],
+        ingest_ns: int | None = None,
+        watermark: int | None = None,
+        idle: bool = False,
+    ) -> None:
+        await self._guard(super().send(records, ingest_ns, watermark, idle))
 
     async def send_barrier(self, checkpoint_id: int) -> None:
         await self._guard(super().send_barrier(checkpoint_id))

@@ -7,10 +7,24 @@ happens, and each such point is marked below:
 
 * ``RECV``: which input channel the next batch is taken from (:meth:`InputGate.next`);
 * ``FLUSH``: a partially filled output buffer sent because the flush timer fired, not because it filled;
-* ``SOURCE``: where a source reader cut the batch it returned.
+* ``SOURCE``: where a source reader cut the batch it returned;
+* ``TIMER``: processing-time timers (processing-time windows) fired between two batches;
+* ``IDLE``: a source that produced nothing for its idle timeout declared its event time idle.
 
 Everything else is a deterministic function of those, so output batch boundaries and sequence numbers
 follow from them: the property the lineage stash builds on.
+
+**Event time** (:mod:`engine.event_time`). On a timed stream records are ``(timestamp, value)`` pairs
+and every batch carries its sender's watermark. The instance's watermark is the minimum over its inputs
+(:class:`~engine.event_time.InputWatermarks`), updated from each batch's header *before* its records are
+processed, in the order batches are taken (``RECV``): so it too replays exactly. When it moves, each
+operator of the chain gets :meth:`~operators.base.Operator.on_watermark` in chain order (what fires flows
+down the rest of the chain). A batch carries the sender's watermark as of its *first* record: every
+record in it was emitted after that watermark held, so a record the sender already considered late is
+late at the receiver too (and a record that was on time is never made late). A newer watermark goes out
+with the next batch, or in a record-less batch at the next timer flush (a logged ``FLUSH``). At the end of its
+input an instance sends ``MAX_WATERMARK`` before its end of stream, so an ended input never holds its
+receivers back, and ends in order with the data rather than at a moment a replay could not reproduce.
 """
 
 from __future__ import annotations
@@ -18,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,14 +44,16 @@ from engine.config import JobConfig
 from engine.connector import SourceReader
 from engine.context import bind, unbind
 from engine.data_server import DataServer
-from engine.dsl import Step
 from engine.errors import ProtocolError, SerializationError, UserFunctionError, short_repr
-from engine.fault_tolerance import ChannelSender, FaultTolerance
+from engine.event_time import MAX_WATERMARK, InputWatermarks
+from engine.fault_tolerance import FaultTolerance
+from engine.input_gate import InputGate
 from engine.metrics import BatchStamp
 from engine.output_channel import OutputChannel, connect
-from engine.partition import HashPartitioner, RoundRobinPartitioner
-from engine.plan import ChannelId, Plan, Task, TaskOutput
-from operators.base import OperatorContext, describe_raiser, locate_failure
+from engine.output_router import OutputRouter
+from engine.plan import ChannelId, Plan, Task
+from operators.base import Operator, OperatorContext, describe_raiser
+from operators.stateless import AssignTimestamps
 
 __all__ = ["InjectedCrash", "InputGate", "InstanceStatistics", "OutputRouter", "StepMetrics", "TaskInstance"]
 
@@ -55,206 +70,7 @@ class StepMetrics:
 
     records_in: int = 0
     records_out: int = 0
-
-
-class InputGate:
-    """Merges the input channels of an instance, in arrival order.
-
-    Channels report arrivals through ``on_ready``; the gate keeps their order, because the order in
-    which an instance takes batches from different channels is exactly the ``RECV`` determinant.
-    Channels can be *blocked* (barrier alignment, ``--ft checkpoint``): their batches wait in the
-    channel until :meth:`unblock`.
-    """
-
-    def __init__(self, channels: Sequence[InputChannel]):
-        self.channels = list(channels)
-        self._arrivals: deque[int] = deque()
-        self._wakeup = asyncio.Event()
-        self._open = set(range(len(self.channels)))
-        self.blocked: set[int] = set()
-        #: with a recovering fault-tolerance mode, a lost upstream reconnects and resends: not an error
-        self.tolerate_broken = False
-
-    def block(self, index: int) -> None:
-        """Take nothing more from channel ``index`` until :meth:`unblock`."""
-        self.blocked.add(index)
-
-    def unblock(self) -> None:
-        self.blocked.clear()
-        self.rescan()
-
-    @property
-    def stalled(self) -> bool:
-        """Every input still open is blocked: nothing can come until the alignment completes."""
-        return bool(self.blocked) and self._open <= self.blocked
-
-    def notify(self, index: int) -> None:
-        """Called by channel ``index`` when a batch, its end or its breakage arrives."""
-        self._arrivals.append(index)
-        self._wakeup.set()
-
-    @property
-    def finished(self) -> bool:
-        return not self._open
-
-    async def take_from(self, index: int) -> Batch:
-        """The next batch of channel ``index``, waiting for it (replay follows the logged order).
-
-        Batches of other channels that arrive meanwhile stay buffered in their channels (their credits
-        bound how many), to be taken when the log names them or once the instance is live.
-        """
-        channel = self.channels[index]
-        while True:
-            batch = channel.take()
-            if batch is not None:
-                return batch
-            if channel.finished:
-                raise ProtocolError(
-                    f"replay of {channel.channel_id.dst} needs another batch from {channel.channel_id.src}, "
-                    "but that channel has ended: the recovered log does not match the inputs"
-                )
-            self._wakeup.clear()
-            await self._wakeup.wait()
-
-    def rescan(self) -> None:
-        """After a replay: forget stale arrival notices; queue the channels that hold batches or ended."""
-        self._arrivals.clear()
-        self._arrivals.extend(
-            i for i in sorted(self._open) if self.channels[i].pending or self.channels[i].finished
-        )
-        self._wakeup.set()
-
-    async def next(self, timeout: float | None) -> tuple[int, Batch] | None:
-        """The next batch and its channel index; ``None`` on timeout or once every input ended.
-
-        Raises :class:`ChannelBroken` if an upstream connection broke before its end of stream.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        blocked = self.blocked
-        while self._open:
-            while self._arrivals:
-                index = self._arrivals.popleft()
-                if blocked and index in blocked:
-                    continue  # its batches wait in the channel; unblock() queues it again
-                channel = self.channels[index]
-                batch = channel.take()
-                if batch is not None:
-                    return index, batch  # RECV(index): the merge order across inputs
-                if channel.broken is not None and not self.tolerate_broken:
-                    raise channel.broken
-                if channel.finished:
-                    self._open.discard(index)
-                    if blocked:
-                        return None  # an alignment waits for this input no more: let the loop check
-            if not self._open or self.stalled:
-                break
-            self._wakeup.clear()
-            # notices can be fewer than events (a replay took batches without them, a rescan queued
-            # one notice for several batches): the channels themselves are the truth
-            if any(self.channels[i].pending or self.channels[i].finished for i in self._open - blocked):
-                self.rescan()
-                continue
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except TimeoutError:
-                return None
-        return None
-
-
-class OutputRouter:
-    """One output edge of a task instance: partitions records into per-channel buffers and sends them."""
-
-    def __init__(
-        self,
-        output: TaskOutput,
-        senders: list[ChannelSender],
-        batch_size: int,
-        owner: OperatorContext,
-        keyed_step: Step,
-    ):
-        self.output = output
-        self.keyed_step = keyed_step
-        self.senders = senders
-        self.batch_size = batch_size
-        self.owner = owner  # the last step of the chain: the one whose records these are
-        self.buffers: list[list[Any]] = [[] for _ in senders]
-        #: per buffer, the ingestion stamp of its oldest record (engine.metrics)
-        self.ingest: list[int | None] = [None] * len(senders)
-        n = len(senders)
-        self.partitioner: HashPartitioner | RoundRobinPartitioner | None
-        if n == 1:
-            self.partitioner = None
-        elif output.partitioning == "hash":
-            assert output.key_fn is not None
-            self.partitioner = HashPartitioner(output.key_fn, n)
-        else:
-            self.partitioner = RoundRobinPartitioner(n)
-
-    def add(self, records: Sequence[Any], ingest_ns: int | None = None) -> bool:
-        """Buffer ``records`` (stamped ``ingest_ns``); True if some buffer is now full."""
-        if self.partitioner is None:
-            buf = self.buffers[0]
-            if not buf:
-                self.ingest[0] = ingest_ns
-            buf.extend(records)
-            return len(buf) >= self.batch_size
-        try:
-            parts = self.partitioner.split(records)
-        except SerializationError:
-            raise
-        except Exception as exc:  # the key function is the downstream step's, run here to route
-            assert self.output.key_fn is not None
-            # the key function belongs to the keyed step downstream: name that step, and where it ran
-            keyed = OperatorContext(self.keyed_step, f"{self.owner.instance}, routing", self.owner.index, 0)
-            raise locate_failure(keyed, self.output.key_fn, records, exc) from None
-        full = False
-        for j, (buf, part) in enumerate(zip(self.buffers, parts, strict=True)):
-            if part:
-                if not buf:
-                    self.ingest[j] = ingest_ns
-                buf.extend(part)
-                full = full or len(buf) >= self.batch_size
-        return full
-
-    async def send_full(self) -> None:
-        size = self.batch_size
-        for j, buf in enumerate(self.buffers):
-            while len(buf) >= size:
-                chunk = buf[:size]
-                del buf[:size]
-                await self._send(j, chunk)
-
-    async def flush(self) -> None:
-        """Send every partially filled buffer (after :meth:`send_full`)."""
-        await self.send_full()
-        for j, buf in enumerate(self.buffers):
-            if buf:
-                self.buffers[j] = []
-                await self._send(j, buf)
-
-    async def _send(self, j: int, records: list[Any]) -> None:
-        try:
-            await self.senders[j].send(records, self.ingest[j])
-        except SerializationError as exc:
-            raise SerializationError(
-                f"step {self.owner.step.name!r} (instance {self.owner.instance}) emitted a record for step "
-                f"{self.output.downstream!r} that cannot cross a channel: {exc}"
-            ) from exc
-
-    @property
-    def buffered(self) -> int:
-        return sum(map(len, self.buffers))
-
-    def snapshot(self) -> int:
-        """The router's own state for a checkpoint: where round-robin continues (buffers are empty)."""
-        return self.partitioner.next if isinstance(self.partitioner, RoundRobinPartitioner) else 0
-
-    def restore(self, state: int) -> None:
-        if isinstance(self.partitioner, RoundRobinPartitioner):
-            self.partitioner.next = state
+    late: int = 0  # records sent to the late side output (dropped if nothing consumes it)
 
 
 @dataclass
@@ -316,7 +132,22 @@ class TaskInstance:
         self.metrics = [StepMetrics() for _ in self.ops]
         self.inputs: list[InputChannel] = []
         self.gate: InputGate | None = None
+        #: every output router; the main ones get the chain's output, side routers an operator's side output
         self.routers: list[OutputRouter] = []
+        self.main_routers: list[OutputRouter] = []
+        self.side_routers: dict[tuple[int, str], list[OutputRouter]] = {}
+        # event time (see the module docstring): the instance's watermark, whether its source is idle
+        self.watermark: int | None = None
+        self.out_idle = False
+        self.input_watermarks: InputWatermarks | None = None
+        self._assigner = self.ops[0] if isinstance(self.ops[0], AssignTimestamps) else None
+        self._idle_s: float | None = None
+        if self._assigner is not None and self._assigner.strategy.idle_timeout_ms is not None:
+            self._idle_s = self._assigner.strategy.idle_timeout_ms / 1000.0
+        self._timer_ops = [
+            i for i, op in enumerate(self.ops) if type(op).next_timer is not Operator.next_timer
+        ]
+        self._side_ops = [(i, op) for i, op in enumerate(self.ops) if op.side is not None]
         self.reader: SourceReader | None = None
         #: last seq taken from each input channel: what a checkpoint records as consumed
         self.consumed: dict[int, int] = {}
@@ -378,6 +209,8 @@ class TaskInstance:
             )
             self.inputs.append(ch)
         self.gate = InputGate(self.inputs)
+        if self.inputs and self.task.steps[0].timed_in:
+            self.input_watermarks = InputWatermarks(len(self.inputs))
         for ch in self.inputs:
             self.server.register(self.job_id, ch)
         if self.task.is_source:
@@ -396,12 +229,18 @@ class TaskInstance:
     async def connect(self, addresses: dict[str, Address]) -> None:
         """Open the output channels to every downstream instance (``addresses``: instance -> address)."""
         outputs = self.plan.outputs_of(self.task.name, self.index)
+        position = {s.name: i for i, s in enumerate(self.task.steps)}
         for out, cids in zip(self.task.outputs, outputs, strict=True):
             channels = await asyncio.gather(*(self.ft.open_output(addresses[cid.dst], cid) for cid in cids))
             senders = [self.ft.sender(ch, cid) for ch, cid in zip(channels, cids, strict=True)]
             downstream = self.plan.task(out.downstream).steps[0]
-            router = OutputRouter(out, senders, self.config.batch_size, self.contexts[-1], downstream)
+            producer = position.get(out.step, len(self.ops) - 1)
+            router = OutputRouter(out, senders, self.config.batch_size, self.contexts[producer], downstream)
             self.routers.append(router)
+            if out.tag is None:
+                self.main_routers.append(router)
+            else:
+                self.side_routers.setdefault((producer, out.tag), []).append(router)
 
     async def open_channel(self, address: Address, cid: ChannelId) -> OutputChannel:
         return await connect(
@@ -425,6 +264,8 @@ class TaskInstance:
                     await self._run_inputs()
                 await self._emit(self._finish_chain())
                 for router in self.routers:
+                    if router.output.timed:  # the end of event time, before the end of stream (see above)
+                        router.set_time(MAX_WATERMARK, False)
                     await router.flush()
             await self.ft.finish()
             for router in self.routers:
@@ -465,19 +306,27 @@ class TaskInstance:
             timeout = None
             if self._flush_deadline is not None:
                 timeout = max(0.0, self._flush_deadline - time.monotonic())
+            if self._timer_ops:
+                due = self._next_timer()
+                if due is not None:
+                    until = max(0.0, due / 1000.0 - time.time())
+                    timeout = until if timeout is None else min(timeout, until)
             item = await gate.next(timeout)
             if item is None:
                 if gate.finished:
                     return
                 if gate.blocked:
                     await self.ft.on_input_change()  # an input ended during a barrier alignment
-                await self._timer_flush()
+                await self._maybe_fire_timers()
+                await self._maybe_timer_flush()
                 continue
             index, batch = item
             if batch.barrier is not None:
                 await self.ft.on_barrier(index, batch.barrier)
                 continue
             await self._process_input(index, batch)
+            if self._timer_ops:
+                await self._maybe_fire_timers()
             await self._maybe_timer_flush()
             await self.ft.between_batches()
             # Awaiting a batch that is already queued does not yield to the event loop: without this a
@@ -491,6 +340,11 @@ class TaskInstance:
         self.consumed[index] = batch.seq
         self.stamp.ingest_ns = batch.ingest_ns
         self.batches_in += 1
+        watermarks = self.input_watermarks
+        if watermarks is not None:  # before the records: they were emitted after it held (see above)
+            moved = watermarks.idle(index) if batch.idle else watermarks.update(index, batch.watermark)
+            if moved is not None:
+                await self._advance_watermark(moved)
         await self._emit(self._run_chain(batch.records))
         self._count_records(len(batch.records))
 
@@ -499,24 +353,31 @@ class TaskInstance:
         assert reader is not None
         size = self.config.batch_size
         pending: asyncio.Task[Sequence[Any] | None] | None = None
+        last_records = time.monotonic()
         try:
             while True:
                 offset = reader.offset()
-                if self._flush_deadline is None and pending is None:
+                # a source with an idle timeout declares its event time idle after that long without records
+                idle_at = None if self._idle_s is None or self.out_idle else last_records + self._idle_s
+                if self._flush_deadline is None and pending is None and idle_at is None:
                     records = await self._read(reader, size)
                 else:
-                    # output is buffered: wait for the reader only until the flush timer fires
+                    # wait for the reader only until the flush timer fires or the source turns idle
                     if pending is None:
                         pending = asyncio.ensure_future(self._read(reader, size))
-                    timeout = max(0.0, (self._flush_deadline or time.monotonic()) - time.monotonic())
+                    wakes = [d for d in (self._flush_deadline, idle_at) if d is not None]
+                    timeout = max(0.0, min(wakes) - time.monotonic()) if wakes else None
                     done, _ = await asyncio.wait({pending}, timeout=timeout)
                     if not done:
-                        await self._timer_flush()
+                        await self._maybe_timer_flush()
+                        if idle_at is not None and time.monotonic() >= idle_at:
+                            await self._go_idle()
                         continue
                     records, pending = pending.result(), None
                 if records is None:
                     return
                 if records:
+                    last_records = time.monotonic()
                     await self._process_source(offset, records)
                 await self._maybe_timer_flush()
                 await self.ft.between_batches()
@@ -529,7 +390,15 @@ class TaskInstance:
         self.ft.on_source(offset, len(records))
         self.stamp.ingest_ns = time.time_ns()
         self.batches_in += 1
+        assigner = self._assigner
+        if assigner is not None and self.out_idle:  # records again: the source is active from this batch on
+            self.out_idle = False
+            self._set_time()
         await self._emit(self._run_chain(records))
+        if assigner is not None:
+            moved = assigner.watermark
+            if moved is not None and (self.watermark is None or moved > self.watermark):
+                await self._advance_watermark(moved)
         self._count_records(len(records))
 
     async def _replay(self) -> None:
@@ -550,6 +419,10 @@ class TaskInstance:
                 await self._process_source(det[1], records)
             elif kind == Kind.FLUSH:
                 await self._timer_flush()
+            elif kind == Kind.TIMER:
+                await self._fire_timers(det[1])
+            elif kind == Kind.IDLE:
+                await self._go_idle()
             else:
                 raise ProtocolError(
                     f"replay of {self.name} diverged at position {cursor.position - 1}: the log says "
@@ -570,9 +443,10 @@ class TaskInstance:
             function = describe_raiser(exc, reader.read)
             raise UserFunctionError(ctx.step.name, ctx.instance, function, None, exc, where=where) from exc
 
-    def _run_chain(self, records: Sequence[Any]) -> Sequence[Any]:
+    def _run_chain(self, records: Sequence[Any], start: int = 0) -> Sequence[Any]:
+        """Run ``records`` through the operators from ``start`` on; the output of the last one."""
         metrics, ops = self.metrics, self.ops
-        for i in range(len(ops)):
+        for i in range(start, len(ops)):
             m = metrics[i]
             m.records_in += len(records)
             records = ops[i].process(records)
@@ -596,23 +470,106 @@ class TaskInstance:
         return carry
 
     async def _emit(self, records: Sequence[Any]) -> None:
-        if not records or not self.routers:
-            return
+        """Route the chain's output to the main routers, and the operators' side outputs to theirs."""
         ingest = self.stamp.ingest_ns
-        for router in self.routers:
-            if router.add(records, ingest):
-                await router.send_full()
-        if self._flush_deadline is None and not self.ft.replaying and any(r.buffered for r in self.routers):
+        if records:
+            for router in self.main_routers:
+                if router.add(records, ingest):
+                    await router.send_full()
+        for i, op in self._side_ops:
+            assert op.side is not None
+            for tag, side in op.side.items():
+                if not side:
+                    continue
+                if tag == "late":
+                    self.metrics[i].late += len(side)
+                for router in self.side_routers.get((i, tag), ()):
+                    if router.add(side, ingest):
+                        await router.send_full()
+                side.clear()
+        self._arm_flush()
+
+    def _arm_flush(self) -> None:
+        """Start the flush timer if output waits in a buffer (or event time waits to be sent)."""
+        if (
+            self._flush_deadline is None
+            and not self.ft.replaying
+            and any(r.buffered or r.stale for r in self.routers)
+        ):
             self._flush_deadline = time.monotonic() + self._flush_s
+
+    # -- event time and timers -----------------------------------------------------------------------
+
+    def _set_time(self) -> None:
+        for router in self.routers:
+            if router.output.timed:
+                router.set_time(self.watermark, self.out_idle)
+
+    async def _advance_watermark(self, watermark: int) -> None:
+        """The instance's watermark moved: each operator fires in chain order, then it goes out."""
+        self.watermark = watermark
+        for i, op in enumerate(self.ops):
+            fired = op.on_watermark(watermark)
+            if fired:
+                self.metrics[i].records_out += len(fired)
+                await self._emit(self._run_chain(fired, i + 1))
+        self._set_time()
+        self._arm_flush()
+
+    def _next_timer(self) -> int | None:
+        due = [t for i in self._timer_ops if (t := self.ops[i].next_timer()) is not None]
+        return min(due) if due else None
+
+    async def _maybe_fire_timers(self) -> None:
+        due = self._next_timer()
+        if due is not None:
+            now = time.time_ns()
+            if now // 1_000_000 >= due:
+                await self._fire_timers(now)
+
+    async def _fire_timers(self, time_ns: int) -> None:
+        """TIMER: processing-time timers up to ``time_ns`` fire now, between two batches."""
+        self.ft.on_timer(time_ns)
+        time_ms = time_ns // 1_000_000
+        for i in self._timer_ops:
+            fired = self.ops[i].on_processing_time(time_ms)
+            if fired:
+                self.metrics[i].records_out += len(fired)
+                await self._emit(self._run_chain(fired, i + 1))
+
+    async def _go_idle(self) -> None:
+        """IDLE: this source produced nothing for its idle timeout; its receivers stop waiting for its
+        watermark until it sends records again. Told at once: idleness is news only while it is fresh."""
+        self.ft.on_idle()
+        self.out_idle = True
+        self._set_time()
+        for router in self.routers:
+            await router.flush()
+
+    def time_snapshot(self) -> dict[str, Any]:
+        """The instance's event time, for a checkpoint (operators and routers hold the rest)."""
+        inputs = self.input_watermarks
+        return {
+            "watermark": self.watermark,
+            "idle": self.out_idle,
+            "inputs": None if inputs is None else inputs.snapshot(),
+        }
+
+    def restore_time(self, state: dict[str, Any]) -> None:
+        self.watermark = state["watermark"]
+        self.out_idle = bool(state["idle"])
+        if self.input_watermarks is not None and state["inputs"] is not None:
+            self.input_watermarks.restore(state["inputs"])
 
     async def _maybe_timer_flush(self) -> None:
         if self._flush_deadline is not None and time.monotonic() >= self._flush_deadline:
             await self._timer_flush()
 
     async def _timer_flush(self) -> None:
-        """FLUSH: partially filled buffers leave now because a timer fired; when is nondeterministic."""
+        """FLUSH: partially filled buffers (and a new watermark) leave now because a timer fired; when
+        is nondeterministic."""
         self._flush_deadline = None
-        if not any(r.buffered for r in self.routers):
+        if not any(r.buffered or r.stale for r in self.routers):
             return
         self.ft.on_flush()
         for router in self.routers:
@@ -639,6 +596,11 @@ class TaskInstance:
             "timeline": self.stamp.timeline.drain(everything=done),
         }
 
+    def _event_time(self) -> dict[str, Any]:
+        if self.input_watermarks is None and self._assigner is None:
+            return {}
+        return {"watermark": self.watermark, "idle": self.out_idle}
+
     def statistics(self) -> InstanceStatistics:
         batches_out = bytes_out = 0
         backpressure = 0.0
@@ -653,6 +615,7 @@ class TaskInstance:
             state=self.state,
             steps={
                 c.instance: {"records_in": m.records_in, "records_out": m.records_out}
+                | ({"late": m.late} if m.late else {})
                 for c, m in zip(self.contexts, self.metrics, strict=True)
             },
             batches_in=self.batches_in,
@@ -661,5 +624,5 @@ class TaskInstance:
             backpressure_s=backpressure,
             started_at=self.started_at,
             finished_at=self.finished_at,
-            extra={**self.ft.statistics(), **self._latency()},
+            extra={**self.ft.statistics(), **self._latency(), **self._event_time()},
         )

@@ -156,6 +156,8 @@ class JobRun:
                         **ft,
                         **st.get("extra", {}),
                     }
+                    if step.kind == "window":  # records after every window they belong to was dropped
+                        out[sname]["late"] = counts.get("late", 0)
                     if step.kind == "sink" and tname in self.timelines:
                         out[sname]["timeline"] = self.timelines[tname].to_dict()
                     if tname in self.gauges:

@@ -34,7 +34,21 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from engine.causal_log import CausalLog, Determinant, Kind, LogCursor, encode, flush, now, rand, source
+from engine.causal_log import (
+    CausalLog,
+    Determinant,
+    Kind,
+    LogCursor,
+    encode,
+    flush,
+    now,
+    rand,
+    source,
+    timer,
+)
+from engine.causal_log import (
+    idle as idle_determinant,
+)
 from engine.channel import Address, ChannelId
 from engine.checkpoint import CheckpointRecord, CheckpointStore
 from engine.codec import FRAME_HEADER_BYTES, Batch, decode_batch, encode_batch, pack, unpack
@@ -115,13 +129,20 @@ class LineageSender(ChannelSender):
     def key(self) -> str:
         return f"{self.channel_id.dst}#{self.channel_id.index}"
 
-    async def send(self, records: Sequence[Any], ingest_ns: int | None = None) -> None:
+    async def send(
+        self,
+        records: Sequence[Any],
+        ingest_ns: int | None = None,
+        watermark: int | None = None,
+        idle: bool = False,
+    ) -> None:
         seq = self.next_seq
         self.next_seq = seq + 1
         ft = self.ft
         # write-first (--ft wal) piggybacks nothing: what the batch depends on is durable before it leaves
         delta = None if ft.write_first else ft.stash.delta_for(self.channel_id.dst)
-        frame = encode_batch(Batch(seq, records, lineage=delta, ingest_ns=ingest_ns))
+        batch = Batch(seq, records, watermark=watermark, lineage=delta, ingest_ns=ingest_ns, idle=idle)
+        frame = encode_batch(batch)
         self.outlog.append(seq, frame)
         ft.delta_bytes += len(delta) if delta else 0
         ft.frames_sent += 1
@@ -197,7 +218,7 @@ class LineageSender(ChannelSender):
         for seq, frame in self.outlog.frames_after(holds):
             batch = decode_batch(memoryview(frame)[FRAME_HEADER_BYTES:])
             delta = self.ft.stash.delta_for(self.channel_id.dst) if resent == 0 else None
-            resend = Batch(seq, batch.records, lineage=delta, ingest_ns=batch.ingest_ns)
+            resend = Batch(seq, batch.records, batch.watermark, delta, batch.ingest_ns, idle=batch.idle)
             await self.channel.send_frame(encode_batch(resend), len(batch.records))
             resent += 1
         return resent
@@ -370,6 +391,17 @@ class LineageFT(SnapshottingFT):
     def on_flush(self) -> None:
         if not self.replaying:
             self.log.append(flush())
+            self._mark_dirty()
+
+    def on_timer(self, time_ns: int) -> None:
+        if not self.replaying:
+            self.log.append(timer(time_ns))
+            self._mark_dirty()
+        self.clock.next_batch()
+
+    def on_idle(self) -> None:
+        if not self.replaying:
+            self.log.append(idle_determinant())
             self._mark_dirty()
 
     def read_time(self) -> int:

@@ -41,14 +41,21 @@ __all__ = ["ChannelId", "Plan", "Task", "TaskInput", "TaskOutput"]
 class TaskInput:
     upstream: str  # task name
     partitioning: Partitioning
+    step: str = ""  # the upstream step whose output this is ("" : the upstream task's last step)
+    tag: str | None = None  # None: its main output; else a side output (a window's "late")
 
 
 @dataclass(frozen=True)
 class TaskOutput:
+    """One output edge of a task: the records of step ``step`` (its side output ``tag``, if set)."""
+
     downstream: str  # task name
     partitioning: Partitioning
     key_fn: Callable[[Any], Any] | None
     one_to_one: bool
+    step: str = ""
+    tag: str | None = None
+    timed: bool = False  # records are (timestamp, value) pairs: key_fn reads the value
 
 
 @dataclass(frozen=True)
@@ -88,10 +95,11 @@ class Plan:
             )
         default = default_parallelism or job.parallelism
         par = {s.name: s.parallelism or default for s in steps}
-        consumers: dict[str, list[str]] = {s.name: [] for s in steps}
+        consumers: dict[str, list[str]] = {s.name: [] for s in steps}  # of the main output
+        side_consumers: dict[str, list[str]] = {s.name: [] for s in steps}
         for s in steps:
             for e in s.inputs:
-                consumers[e.upstream].append(s.name)
+                (consumers if e.tag is None else side_consumers)[e.upstream].append(s.name)
         dangling = [s.name for s in steps if s.kind != "sink" and not consumers[s.name]]
         if dangling:
             raise JobDefinitionError(
@@ -104,7 +112,8 @@ class Plan:
                 return False
             e = s.inputs[0]
             return (
-                e.partitioning == "forward"
+                e.tag is None  # a side output always leaves its task through channels
+                and e.partitioning == "forward"
                 and par[e.upstream] == par[s.name]
                 and len(consumers[e.upstream]) == 1
             )
@@ -123,18 +132,25 @@ class Plan:
         tasks: list[Task] = []
         for head, chain in chain_of.items():
             first, last = chain[0], chain[-1]
-            inputs = tuple(TaskInput(head_of[e.upstream], e.partitioning) for e in first.inputs)
+            inputs = tuple(
+                TaskInput(head_of[e.upstream], e.partitioning, e.upstream, e.tag) for e in first.inputs
+            )
             outputs = []
-            for c in consumers[last.name]:
+            # the main output of the chain's last step, then the side outputs of any step of the chain
+            edges: list[tuple[Step, str | None, str]] = [(last, None, c) for c in consumers[last.name]]
+            edges += [(s, "side", c) for s in chain for c in dict.fromkeys(side_consumers[s.name])]
+            for producer, which, c in edges:
                 cons = job.step(c)
                 for e in cons.inputs:
-                    if e.upstream != last.name:
+                    if e.upstream != producer.name or (e.tag is None) != (which is None):
                         continue
-                    one_to_one = e.partitioning == "forward" and par[c] == par[last.name]
+                    one_to_one = e.partitioning == "forward" and par[c] == par[producer.name]
                     part: Partitioning = (
                         e.partitioning if one_to_one or e.partitioning != "forward" else "rebalance"
                     )
-                    outputs.append(TaskOutput(head_of[c], part, e.key_fn, one_to_one))
+                    outputs.append(
+                        TaskOutput(head_of[c], part, e.key_fn, one_to_one, producer.name, e.tag, e.timed)
+                    )
             tasks.append(Task(head, tuple(chain), par[head], inputs, tuple(outputs)))
         return cls(job, tasks)
 
@@ -160,18 +176,22 @@ class Plan:
 
     def inputs_of(self, task_name: str, index: int) -> list[ChannelId]:
         """The input channels of instance ``task_name/index``, numbered as the causal log records them."""
-        task = self._by_name[task_name]
+        return [c for group in self._input_channels(self._by_name[task_name], index) for c in group]
+
+    def _input_channels(self, task: Task, index: int) -> list[list[ChannelId]]:
+        """The input channels of ``task/index``, grouped by the task's inputs."""
         dst = task.instance(index)
-        out: list[ChannelId] = []
+        groups: list[list[ChannelId]] = []
+        n = 0
         for inp in task.inputs:
             up = self._by_name[inp.upstream]
             if inp.partitioning == "forward" and up.parallelism == task.parallelism:
                 sources = [up.instance(index)]
             else:
                 sources = [up.instance(j) for j in range(up.parallelism)]
-            for src in sources:
-                out.append(ChannelId(src, dst, len(out)))
-        return out
+            groups.append([ChannelId(src, dst, n + k) for k, src in enumerate(sources)])
+            n += len(sources)
+        return groups
 
     def outputs_of(self, task_name: str, index: int) -> list[list[ChannelId]]:
         """For each output of the task, the channels of instance ``index``, ordered by receiver index."""
@@ -180,8 +200,16 @@ class Plan:
         result = []
         for out in task.outputs:
             down = self._by_name[out.downstream]
+            # which of the receiver's inputs this output feeds (a receiver may take two outputs of a task)
+            (position,) = [
+                k
+                for k, inp in enumerate(down.inputs)
+                if inp.upstream == task_name and inp.step == out.step and inp.tag == out.tag
+            ]
             receivers = [index] if out.one_to_one else list(range(down.parallelism))
-            result.append([c for r in receivers for c in self.inputs_of(down.name, r) if c.src == src])
+            result.append(
+                [c for r in receivers for c in self._input_channels(down, r)[position] if c.src == src]
+            )
         return result
 
     def describe(self) -> list[dict[str, Any]]:

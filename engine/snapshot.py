@@ -87,6 +87,7 @@ class SnapshottingFT(FaultTolerance):
             if (snap := op.snapshot()) is not None
         }
         operators["__routers__"] = [r.snapshot() for r in inst.routers]
+        operators["__time__"] = inst.time_snapshot()
         return operators
 
     def save_held(self, checkpoint_id: int, held: Any) -> None:
@@ -114,6 +115,8 @@ class SnapshottingFT(FaultTolerance):
                 router.restore(position)
             if inst.reader is not None and record.source_offset is not None:
                 inst.reader.seek(record.source_offset)
+            if "__time__" in record.operators:
+                inst.restore_time(record.operators["__time__"])
         for ctx, op in zip(inst.contexts, inst.ops, strict=True):
             if record is not None and ctx.step.name in record.operators:
                 op.restore(record.operators[ctx.step.name])

@@ -291,6 +291,23 @@ class KeyedState:
     def __contains__(self, key: Any) -> bool:
         return key in self.cache or self._miss(key, _MISSING) is not _MISSING
 
+    # the mapping protocol, for code written against a MutableMapping (operators.windows, ...)
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.delete(key)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (k for k, _ in self.items())
+
     def _miss(self, key: Any, default: Any) -> Any:
         # A dirty key absent from the cache is a pending delete: RocksDB still has the old value.
         if self._complete or key in self.dirty:
@@ -526,6 +543,18 @@ class MemoryState:
 
     def __len__(self) -> int:
         return len(self.cache)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.cache[key]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.delete(key)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.cache)
 
     def items(self) -> Iterator[tuple[Any, Any]]:
         """Every ``(key, value)``, in insertion order."""

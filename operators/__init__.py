@@ -6,9 +6,20 @@ from engine.dsl import StepKind
 from operators.base import Operator, OperatorContext, describe_function
 from operators.keyed import Count, CountFinal, Reduce, ReduceFinal
 from operators.sink import SinkOperator
-from operators.stateless import Filter, FlatMap, Map, Passthrough
+from operators.stateless import (
+    AssignTimestamps,
+    Filter,
+    FlatMap,
+    Map,
+    Passthrough,
+    TimedFilter,
+    TimedFlatMap,
+    TimedMap,
+)
+from operators.window_operator import WindowOperator
 
 __all__ = [
+    "AssignTimestamps",
     "Count",
     "CountFinal",
     "Filter",
@@ -20,6 +31,10 @@ __all__ = [
     "Reduce",
     "ReduceFinal",
     "SinkOperator",
+    "TimedFilter",
+    "TimedFlatMap",
+    "TimedMap",
+    "WindowOperator",
     "create",
     "describe_function",
 ]
@@ -34,10 +49,19 @@ _BY_KIND: dict[StepKind, type[Operator]] = {
     "reduce": Reduce,
     "count_final": CountFinal,
     "reduce_final": ReduceFinal,
+    "window": WindowOperator,
     "sink": SinkOperator,
 }
+
+# on a timed stream (records are (timestamp, value) pairs) the stateless steps apply fn to values
+_TIMED: dict[StepKind, type[Operator]] = {"map": TimedMap, "flat_map": TimedFlatMap, "filter": TimedFilter}
 
 
 def create(ctx: OperatorContext) -> Operator:
     """The operator for ``ctx.step``."""
-    return _BY_KIND[ctx.step.kind](ctx)
+    step = ctx.step
+    if step.kind == "source" and step.timestamp_fn is not None:
+        return AssignTimestamps(ctx)
+    if step.timed_in and step.kind in _TIMED:
+        return _TIMED[step.kind](ctx)
+    return _BY_KIND[step.kind](ctx)

@@ -118,12 +118,32 @@ class Operator(abc.ABC):
     def __init__(self, ctx: OperatorContext):
         self.ctx = ctx
 
+    #: side outputs of the last call, by tag (a window's ``"late"``): the instance sends and empties them
+    side: dict[str, list[Any]] | None = None
+
     @abc.abstractmethod
     def process(self, records: Sequence[Any]) -> Sequence[Any]:
-        """Process one batch; return the records to emit downstream (possibly empty)."""
+        """Process one batch; return the records to emit downstream (possibly empty).
+
+        On a timed stream (``ctx.step.timed_in``) records are ``(timestamp, value)`` pairs, and so
+        are the records returned when the step's output is timed.
+        """
 
     def finish(self) -> Sequence[Any]:
         """The input ended: return what to emit last. Default: nothing."""
+        return ()
+
+    def on_watermark(self, watermark: int) -> Sequence[Any]:
+        """The event-time watermark of this step's input moved forward to ``watermark``; return what
+        fires (windows, timers). Called between batches, in chain order. Default: nothing."""
+        return ()
+
+    def next_timer(self) -> int | None:
+        """The processing time (ms since the epoch) of this operator's next timer, if it has one."""
+        return None
+
+    def on_processing_time(self, time_ms: int) -> Sequence[Any]:
+        """Processing-time timers up to ``time_ms`` are due (a logged ``TIMER``); return what fires."""
         return ()
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -51,6 +51,8 @@ class _Keyed(Operator):
         assert ctx.step.key_fn is not None
         self.key_fn: Callable[[Any], Any] = ctx.step.key_fn
         self.state = ctx.open_state(ctx.step.name) if ctx.open_state is not None else MemoryState()
+        #: records are (timestamp, value) pairs: keys and functions read values, outputs keep timestamps
+        self.timed = ctx.step.timed_in
 
     def _keys(self, records: Sequence[Any]) -> list[Any]:
         key_fn = self.key_fn
@@ -71,6 +73,14 @@ class Count(_Keyed):
         cache, dirty, get = state.cache, state.dirty, state.get
         out: list[Any] = []
         append = out.append
+        if self.timed:
+            for (t, _), k in zip(records, self._keys([v for _, v in records]), strict=True):
+                c = (cache[k] if k in cache else get(k, 0)) + 1
+                cache[k] = c
+                dirty.add(k)
+                append((t, (k, c)))
+            state.trim()
+            return out
         for k in self._keys(records):
             c = (cache[k] if k in cache else get(k, 0)) + 1
             cache[k] = c
@@ -86,7 +96,7 @@ class CountFinal(_Keyed):
     def process(self, records: Sequence[Any]) -> Sequence[Any]:
         state = self.state
         cache, dirty = state.cache, state.dirty
-        keys = self._keys(records)
+        keys = self._keys([v for _, v in records] if self.timed else records)
         if state.complete:
             # every key is in the cache: count in C (what Counter.update does) and mark in C
             _count_elements(cache, keys)
@@ -115,6 +125,9 @@ class Reduce(_Keyed):
         state, fn = self.state, self.fn
         get, put = state.get, state.put
         out: list[Any] = []
+        stamps: Sequence[Any] = ()
+        if self.timed:
+            stamps, records = [t for t, _ in records], [v for _, v in records]
         for k, x in zip(self._keys(records), records, strict=True):
             v = get(k, _ABSENT)
             if v is _ABSENT:
@@ -128,6 +141,8 @@ class Reduce(_Keyed):
             if emit:
                 out.append((k, state.cache.get(k, v)))
         state.trim()
+        if stamps and emit:
+            return list(zip(stamps, out, strict=True))
         return out
 
     def process(self, records: Sequence[Any]) -> Sequence[Any]:

@@ -24,9 +24,12 @@ class SinkOperator(Operator):
         assert ctx.step.sink is not None
         self.writer = ctx.step.sink.open(ctx.index, ctx.parallelism)
         self.gate = ctx.output_gate
+        self.timed = ctx.step.timed_in
 
     def process(self, records: Sequence[Any]) -> Sequence[Any]:
         if records:
+            if self.timed:  # the outside world gets values; event time stays inside the engine
+                records = [v for _, v in records]
             stamp = self.ctx.stamp
             if stamp is not None:
                 stamp.arrived()

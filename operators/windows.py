@@ -340,6 +340,14 @@ class WindowBuffer:
         """The last watermark, ``MIN_WATERMARK`` before the first."""
         return self._watermark
 
+    def next_fire(self) -> int | None:
+        """The earliest time at which :meth:`advance` has something to fire or drop (``None``: nothing).
+
+        May be early (an index entry left behind by a session merge): advancing then does nothing.
+        """
+        times = [heap[0][0] for heap in (self._pending, self._fired) if heap]
+        return min(times) if times else None
+
     def meta(self) -> dict[str, int]:
         """What the engine persists next to the mapping; pass it back as ``meta=`` on restore."""
         return {"watermark": self._watermark, "seq": self._seq}

@@ -19,6 +19,7 @@ from engine.causal_log import (
     describe,
     encode,
     flush,
+    idle,
     now,
     rand,
     recv,
@@ -39,6 +40,7 @@ offsets = st.recursive(
 determinants = st.one_of(
     channels.map(recv),
     st.just(flush()),
+    st.just(idle()),
     int64.map(now),
     int64.map(rand),
     int64.map(timer),
@@ -163,13 +165,17 @@ def test_append_checks_and_normalises() -> None:
     assert log.append((1, 3)) == 0 and log.slice(0)[0] is recv(3)
     log.append(source(["f", [1, 2]], 10))
     assert log.slice(1) == [(Kind.SOURCE, ("f", (1, 2)), 10)]  # what a recovered log will hold
-    with pytest.raises(ValueError, match=r"unknown determinant kind 7 in \(7, 1\)"):
+    with pytest.raises(ValueError, match=r"unknown determinant kind 8 in \(8, 1\)"):
+        log.append((8, 1))
+    with pytest.raises(ValueError, match=r"IDLE takes 0 field\(s\), got \(7, 1\)"):
         log.append((7, 1))
+    position = log.append((7,))
+    assert log.slice(position) == [idle()]
     with pytest.raises(ValueError, match="RAND value must be a 64-bit int"):
         log.append(rand(2**64))
     with pytest.raises(SerializationError, match="read/0: a SOURCE offset cannot be logged"):
         log.append(source({1, 2}, 1))
-    assert log.end == 2  # nothing half-logged
+    assert log.end == 3  # nothing half-logged
 
 
 def test_slice_errors() -> None:

@@ -399,7 +399,7 @@ REJECTIONS = {
         raw_case(
             encode_frame(FrameKind.HELLO, msgpack.packb([99, "wc-1", "a/0", "b/0", 0, b"m" * 32])), "version"
         ),
-        r"channel a/0->b/0#0 of job wc-1: the peer speaks channel protocol 99, this worker 1 \(run the same",
+        r"channel a/0->b/0#0 of job wc-1: the peer speaks channel protocol 99, this worker 2 \(run the same",
     ),
     "eof": (raw_case(b"", "eof"), r"the peer closed the connection before sending HELLO"),
 }
