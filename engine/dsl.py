@@ -68,6 +68,7 @@ StepKind = Literal[
     "count_final",
     "reduce_final",
     "window",
+    "process",
     "sink",
 ]
 Partitioning = Literal["forward", "rebalance", "hash"]
@@ -125,7 +126,7 @@ class Step:
 
     @property
     def keyed(self) -> bool:
-        return self.kind in ("count", "reduce", "count_final", "reduce_final", "window")
+        return self.kind in ("count", "reduce", "count_final", "reduce_final", "window", "process")
 
     @property
     def timed_out(self) -> bool:
@@ -134,6 +135,11 @@ class Step:
             return self.timestamp_fn is not None
         if self.kind in ("count_final", "reduce_final", "sink"):
             return False
+        return self.kind == "window" or self.timed_in
+
+    @property
+    def side_tags_timed(self) -> bool:
+        """Its side outputs carry event time (a window's late records always do)."""
         return self.kind == "window" or self.timed_in
 
 
@@ -266,7 +272,7 @@ class Stream:
     def timed(self) -> bool:
         """Its records carry event time (see the module docstring)."""
         step = self._job.step(self._step)
-        return True if self._tag == LATE else step.timed_out
+        return step.side_tags_timed if self._tag is not None else step.timed_out
 
     def _edge(self) -> Edge:
         return Edge(self._step, self._partitioning, tag=self._tag, timed=self.timed)
@@ -374,6 +380,31 @@ class KeyedStream(Stream):
             timed_in=self.timed,
         )
         return self._job._add(step)
+
+    def process(self, name: str, fn: Any, *, parallelism: int | None = None) -> ProcessStream:
+        """Run a keyed process function, Flink's ``KeyedProcessFunction``: per record
+        ``fn.process_element(value, ctx)`` (or a plain ``fn(value, ctx)``) returns the outputs, with
+        keyed value/list/map state (``ctx.value_state(name, ttl_ms=None)``...), event- and
+        processing-time timers (``ctx.timers``, fired through ``fn.on_timer(timestamp, ctx)``) and
+        side outputs (``ctx.output(tag, value)``, read with :meth:`ProcessStream.side_output`).
+        See :mod:`operators.process` for the whole API."""
+        from operators.process import ProcessRunner
+
+        try:
+            ProcessRunner(fn)  # validates the function the way the instances will
+        except Exception as exc:
+            raise JobDefinitionError(f"step {name!r}: {exc}") from None
+        step = Step(
+            name,
+            "process",
+            (self._edge(),),
+            fn=fn,
+            key_fn=self._key_fn,
+            parallelism=parallelism,
+            timed_in=self.timed,
+        )
+        self._job._add(step)
+        return ProcessStream(self._job, name)
 
     def window(
         self,
@@ -540,3 +571,17 @@ class WindowStream(Stream):
         if self._tag is not None:
             raise JobDefinitionError(f"late() of step {self._step!r} is already its late side output")
         return Stream(self._job, self._step, "forward", LATE)
+
+
+class ProcessStream(Stream):
+    """The main output of a ``process`` step; :meth:`side_output` reads its other outputs."""
+
+    __slots__ = ()
+
+    def side_output(self, tag: str) -> Stream:
+        """What the process function sent with ``ctx.output(tag, value)``."""
+        if not isinstance(tag, str) or not tag:
+            raise JobDefinitionError(
+                f"step {self._step!r}: side_output expects a non-empty str tag, got {tag!r}"
+            )
+        return Stream(self._job, self._step, "forward", tag)

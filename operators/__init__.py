@@ -5,6 +5,7 @@ from __future__ import annotations
 from engine.dsl import StepKind
 from operators.base import Operator, OperatorContext, describe_function
 from operators.keyed import Count, CountFinal, Reduce, ReduceFinal
+from operators.process_operator import ProcessOperator
 from operators.sink import SinkOperator
 from operators.stateless import (
     AssignTimestamps,
@@ -28,6 +29,7 @@ __all__ = [
     "Operator",
     "OperatorContext",
     "Passthrough",
+    "ProcessOperator",
     "Reduce",
     "ReduceFinal",
     "SinkOperator",
@@ -50,6 +52,7 @@ _BY_KIND: dict[StepKind, type[Operator]] = {
     "count_final": CountFinal,
     "reduce_final": ReduceFinal,
     "window": WindowOperator,
+    "process": ProcessOperator,
     "sink": SinkOperator,
 }
 

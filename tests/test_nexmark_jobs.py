@@ -31,6 +31,8 @@ QUERIES: dict[str, tuple[str, int, Any, bool]] = {
     "q0": ("bids/1", 1500, reference.q0, False),
     "q1": ("bids/1", 1500, reference.q1, False),
     "q2": ("selected/0", 1500, reference.q2, False),
+    "q3": ("join/1", 30, reference.q3, True),
+    "q4": ("close/0", 1500, reference.q4, True),
     "q5": ("bids_per_auction/1", 1500, reference.q5, True),
     "q7": ("best_per_auction/0", 1500, reference.q7, True),
     "q8": ("new_users/1", 100, reference.q8, True),
