@@ -48,7 +48,9 @@ if TYPE_CHECKING:
 __all__ = [
     "Edge",
     "Job",
+    "JoinSpec",
     "KeyedStream",
+    "ProcessStream",
     "Step",
     "StepKind",
     "Stream",
@@ -69,6 +71,8 @@ StepKind = Literal[
     "reduce_final",
     "window",
     "process",
+    "interval_join",
+    "window_join",
     "sink",
 ]
 Partitioning = Literal["forward", "rebalance", "hash"]
@@ -104,6 +108,16 @@ class WindowSpec:
 
 
 @dataclass(frozen=True)
+class JoinSpec:
+    """What a join step computes: an interval join (``lower_ms``..``upper_ms``) or, with
+    ``assigner``, a windowed join."""
+
+    lower_ms: int = 0
+    upper_ms: int = 0
+    assigner: WindowAssigner | None = None
+
+
+@dataclass(frozen=True)
 class Step:
     """One node of the job graph (a logical operator). Built by :class:`Stream` methods, never by hand.
 
@@ -123,10 +137,20 @@ class Step:
     timestamp_fn: Callable[[Any], int] | None = None
     watermark: BoundedOutOfOrderness | None = None
     window: WindowSpec | None = None
+    join: JoinSpec | None = None
 
     @property
     def keyed(self) -> bool:
-        return self.kind in ("count", "reduce", "count_final", "reduce_final", "window", "process")
+        return self.kind in (
+            "count",
+            "reduce",
+            "count_final",
+            "reduce_final",
+            "window",
+            "process",
+            "interval_join",
+            "window_join",
+        )
 
     @property
     def timed_out(self) -> bool:
@@ -135,12 +159,12 @@ class Step:
             return self.timestamp_fn is not None
         if self.kind in ("count_final", "reduce_final", "sink"):
             return False
-        return self.kind == "window" or self.timed_in
+        return self.kind in ("window", "interval_join", "window_join") or self.timed_in
 
     @property
     def side_tags_timed(self) -> bool:
         """Its side outputs carry event time (a window's late records always do)."""
-        return self.kind == "window" or self.timed_in
+        return self.kind in ("window", "interval_join", "window_join") or self.timed_in
 
 
 @dataclass
@@ -406,6 +430,91 @@ class KeyedStream(Stream):
         self._job._add(step)
         return ProcessStream(self._job, name)
 
+    def interval_join(
+        self,
+        name: str,
+        other: KeyedStream,
+        lower: int,
+        upper: int,
+        fn: Callable[[Any, Any], Any],
+        *,
+        parallelism: int | None = None,
+    ) -> WindowStream:
+        """Join each record ``l`` of this stream with every record ``r`` of ``other`` of the same key
+        whose event time is in ``[ts_l + lower, ts_l + upper]`` (ms, inclusive): emits ``fn(l, r)``
+        stamped ``max(ts_l, ts_r)``. Both sides are buffered in keyed state until the watermark passes
+        their interval; late records go to ``.late()``. Flink's ``intervalJoin().between()``."""
+        from operators.joins import IntervalJoinBuffer
+
+        self._check_join(name, other, fn)
+        try:
+            IntervalJoinBuffer(lower, upper, fn)
+        except Exception as exc:
+            raise type(exc)(f"step {name!r}: {exc}") from None
+        return self._join(name, "interval_join", other, fn, JoinSpec(lower, upper), parallelism)
+
+    def window_join(
+        self,
+        name: str,
+        other: KeyedStream,
+        assigner: WindowAssigner,
+        fn: Callable[[Any, Any], Any],
+        *,
+        parallelism: int | None = None,
+    ) -> WindowStream:
+        """Join the records of this stream and of ``other`` that share a key and a window
+        (``Tumbling`` or ``Sliding``): when the window fires, ``fn(l, r)`` for every pair, stamped
+        ``end - 1``. Flink's ``join().where().equalTo().window()``."""
+        from operators.joins import WindowJoinBuffer
+
+        self._check_join(name, other, fn)
+        try:
+            WindowJoinBuffer(assigner, fn)  # type: ignore[arg-type]  # refuses Session itself
+        except Exception as exc:
+            raise type(exc)(f"step {name!r}: {exc}") from None
+        return self._join(name, "window_join", other, fn, JoinSpec(assigner=assigner), parallelism)
+
+    def _check_join(self, name: str, other: object, fn: object) -> None:
+        if not isinstance(other, KeyedStream):
+            raise JobDefinitionError(
+                f"step {name!r}: a join needs the other stream keyed too: pass other.key_by(fn), got "
+                f"{type(other).__name__}"
+            )
+        if other._job is not self._job:
+            raise JobDefinitionError(
+                f"step {name!r}: stream of step {other._step!r} belongs to job {other._job.name!r}, not to "
+                f"job {self._job.name!r}"
+            )
+        for side in (self, other):
+            if not side.timed:
+                raise JobDefinitionError(
+                    f"step {name!r}: a join needs records with event time, and the stream of step "
+                    f"{side._step!r} has none: give its source timestamp=fn"
+                )
+        _check_fn(name, "join", fn)
+
+    def _join(
+        self,
+        name: str,
+        kind: StepKind,
+        other: KeyedStream,
+        fn: Callable[[Any, Any], Any],
+        spec: JoinSpec,
+        parallelism: int | None,
+    ) -> WindowStream:
+        step = Step(
+            name,
+            kind,
+            (self._edge(), other._edge()),
+            fn=fn,
+            key_fn=self._key_fn,
+            parallelism=parallelism,
+            timed_in=True,
+            join=spec,
+        )
+        self._job._add(step)
+        return WindowStream(self._job, name)
+
     def window(
         self,
         name: str,
@@ -561,7 +670,7 @@ class WindowedStream:
 
 
 class WindowStream(Stream):
-    """The results of a window step; :meth:`late` is its side output of late records."""
+    """The results of a window or join step; :meth:`late` is its side output of late records."""
 
     __slots__ = ()
 

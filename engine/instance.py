@@ -148,6 +148,7 @@ class TaskInstance:
             i for i, op in enumerate(self.ops) if type(op).next_timer is not Operator.next_timer
         ]
         self._side_ops = [(i, op) for i, op in enumerate(self.ops) if op.side is not None]
+        self._input_of: list[int] | None = None  # channel index -> input of the first step
         self.reader: SourceReader | None = None
         #: last seq taken from each input channel: what a checkpoint records as consumed
         self.consumed: dict[int, int] = {}
@@ -211,6 +212,10 @@ class TaskInstance:
         self.gate = InputGate(self.inputs)
         if self.inputs and self.task.steps[0].timed_in:
             self.input_watermarks = InputWatermarks(len(self.inputs))
+        if len(self.task.inputs) > 1 and self.task.steps[0].kind != "union":
+            # a two-input step (a join) is told which input each batch comes from
+            groups = self.plan.input_groups(self.task.name, self.index)
+            self._input_of = [k for k, group in enumerate(groups) for _ in group]
         for ch in self.inputs:
             self.server.register(self.job_id, ch)
         if self.task.is_source:
@@ -345,6 +350,8 @@ class TaskInstance:
             moved = watermarks.idle(index) if batch.idle else watermarks.update(index, batch.watermark)
             if moved is not None:
                 await self._advance_watermark(moved)
+        if self._input_of is not None:
+            self.ops[0].input = self._input_of[index]
         await self._emit(self._run_chain(batch.records))
         self._count_records(len(batch.records))
 

@@ -178,6 +178,10 @@ class Plan:
         """The input channels of instance ``task_name/index``, numbered as the causal log records them."""
         return [c for group in self._input_channels(self._by_name[task_name], index) for c in group]
 
+    def input_groups(self, task_name: str, index: int) -> list[list[ChannelId]]:
+        """The input channels of ``task_name/index``, one list per input of the task, in order."""
+        return self._input_channels(self._by_name[task_name], index)
+
     def _input_channels(self, task: Task, index: int) -> list[list[ChannelId]]:
         """The input channels of ``task/index``, grouped by the task's inputs."""
         dst = task.instance(index)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from engine.dsl import StepKind
 from operators.base import Operator, OperatorContext, describe_function
+from operators.join_operator import JoinOperator
 from operators.keyed import Count, CountFinal, Reduce, ReduceFinal
 from operators.process_operator import ProcessOperator
 from operators.sink import SinkOperator
@@ -25,6 +26,7 @@ __all__ = [
     "CountFinal",
     "Filter",
     "FlatMap",
+    "JoinOperator",
     "Map",
     "Operator",
     "OperatorContext",
@@ -53,6 +55,8 @@ _BY_KIND: dict[StepKind, type[Operator]] = {
     "reduce_final": ReduceFinal,
     "window": WindowOperator,
     "process": ProcessOperator,
+    "interval_join": JoinOperator,
+    "window_join": JoinOperator,
     "sink": SinkOperator,
 }
 

@@ -118,6 +118,8 @@ class Operator(abc.ABC):
     def __init__(self, ctx: OperatorContext):
         self.ctx = ctx
 
+    #: which input the batch being processed came from (0: the first; a join's right side is 1)
+    input: int = 0
     #: side outputs of the last call, by tag (a window's ``"late"``): the instance sends and empties them
     side: dict[str, list[Any]] | None = None
 

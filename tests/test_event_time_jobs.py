@@ -343,3 +343,74 @@ def test_process_definition_errors() -> None:
         keyed.process("p", CountUntilQuiet)
     with pytest.raises(JobDefinitionError, match=r"step 'q': .*must be a KeyedProcessFunction or a callable"):
         keyed.process("q", 42)
+
+
+def join_job(kind: str, out: CollectSink) -> tuple[Job, list[Any], list[Any]]:
+    lefts = [event(i) for i in range(0, 3000, 2)]
+    rights = [(k, ts + 37, v) for k, ts, v in (event(i) for i in range(1, 3000, 3))]
+    job = Job(f"{kind}_join", parallelism=2)
+    bound = BoundedOutOfOrderness(1000)
+    left = job.source("left", ListSource(lefts), timestamp=lambda e: e[1], watermark=bound)
+    right = job.source("right", ListSource(rights), timestamp=lambda e: e[1], watermark=bound)
+
+    def pair(a: Any, b: Any) -> tuple[int, int]:
+        return (a[2], b[2])
+
+    if kind == "interval":
+        joined = left.key_by(lambda e: e[0]).interval_join(
+            "join", right.key_by(lambda e: e[0]), -50, 100, pair
+        )
+    else:
+        joined = left.key_by(lambda e: e[0]).window_join(
+            "join", right.key_by(lambda e: e[0]), Tumbling(500), pair
+        )
+    joined.sink("out", out)
+    return job, lefts, rights
+
+
+def brute_force_join(kind: str, lefts: list[Any], rights: list[Any]) -> Counter[tuple[int, int]]:
+    if kind == "interval":
+        return Counter(
+            (lv, rv)
+            for lk, lt, lv in lefts
+            for rk, rt, rv in rights
+            if lk == rk and lt - 50 <= rt <= lt + 100
+        )
+    return Counter(
+        (lv, rv) for lk, lt, lv in lefts for rk, rt, rv in rights if lk == rk and lt // 500 == rt // 500
+    )
+
+
+@pytest.mark.parametrize("kind", ["interval", "window"])
+def test_joins_match_plain_python_and_survive_a_kill(kind: str) -> None:
+    out = CollectSink()
+    job, lefts, rights = join_job(kind, out)
+    expected = brute_force_join(kind, lefts, rights)
+    assert len(expected) > 100
+    result = run(job, ft="none", batch_size=50)
+    assert result.state == "finished", result.error
+    assert Counter(out.records) == expected
+    out2 = CollectSink()
+    job, _, _ = join_job(kind, out2)
+    result = run(job, ft="lineage", batch_size=50, checkpoint_interval=0.05, kill_after={"join/1": [700]})
+    assert result.state == "finished", result.error
+    assert Counter(out2.records) == expected
+    assert result.instances["join/1"]["restarts"] == 1 and result.instances["join/0"]["restarts"] == 0
+
+
+def test_join_definition_errors() -> None:
+    job = Job("bad_joins")
+    timed = job.source("t", ListSource([1]), timestamp=lambda x: x).key_by(lambda x: x)
+    plain = job.source("p", ListSource([1])).key_by(lambda x: x)
+    with pytest.raises(
+        JobDefinitionError, match=r"step 'j1': a join needs records with event time.*step 'p'"
+    ):
+        timed.interval_join("j1", plain, 0, 10, lambda a, b: a)
+    with pytest.raises(JobDefinitionError, match=r"step 'j2': a join needs the other stream keyed too"):
+        timed.interval_join(
+            "j2", job.source("t2", ListSource([1]), timestamp=lambda x: x), 0, 10, lambda a, b: a
+        )
+    with pytest.raises(ParameterError, match=r"step 'j3': .*lower"):
+        timed.interval_join("j3", timed, 10, 0, lambda a, b: a)
+    with pytest.raises(JobDefinitionError, match=r"step 'j4': .*Session"):
+        timed.window_join("j4", timed, Session(10), lambda a, b: a)
