@@ -8,6 +8,7 @@ instance must fire the same windows with the same contents as a run without the 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -414,3 +415,50 @@ def test_join_definition_errors() -> None:
         timed.interval_join("j3", timed, 10, 0, lambda a, b: a)
     with pytest.raises(JobDefinitionError, match=r"step 'j4': .*Session"):
         timed.window_join("j4", timed, Session(10), lambda a, b: a)
+
+
+@pytest.mark.parametrize("lateness", [0, 200])
+@pytest.mark.parametrize(
+    "assigner", [Tumbling(300), Sliding(400, 150), Session(90)], ids=["tumbling", "sliding", "session"]
+)
+def test_late_data_for_every_assigner_matches_the_plain_python_reference(
+    assigner: Any, lateness: int
+) -> None:
+    """Out-of-order and late data through a running job, record by record (batch_size=1), against the
+    brute-force reference of the window core's tests fed the same records and watermarks."""
+    from test_windows_core import Reference
+
+    from operators.windows import Late, Result
+
+    rng = random.Random(7)
+    events, now = [], 0
+    for i in range(400):
+        now += rng.randint(0, 20)
+        behind = rng.choice([0, 0, 0, 50, 120, 400, 900])  # mostly in order, some late
+        events.append((f"k{rng.randint(0, 3)}", now - behind, i))
+    bound = 100
+    reference = Reference(assigner, lateness, sum)
+    expected: list[Any] = []
+    newest: int | None = None
+    for key, ts, value in events:
+        watermark = None if newest is None else newest - bound
+        expected += reference.add(key, ts, value, watermark)
+        newest = ts if newest is None else max(newest, ts)
+    expected += reference.flush()
+    want_results = Counter((r.key, r.start, r.end, r.value) for r in expected if isinstance(r, Result))
+    want_late = Counter(r.value for r in expected if isinstance(r, Late))
+    assert want_late, "the events must hold late records"
+
+    job = Job("late_every")
+    results, late = CollectSink(), CollectSink()
+    stream = job.source(
+        "events", ListSource(events), timestamp=lambda e: e[1], watermark=BoundedOutOfOrderness(bound)
+    )
+    windowed = stream.key_by(lambda e: e[0]).window("w", assigner, allowed_lateness=lateness)
+    summed = windowed.aggregate(lambda: 0, lambda acc, e: acc + e[2], merge=lambda a, b: a + b)
+    summed.sink("out", results)
+    summed.late().sink("late", late)
+    result = run(job, batch_size=1)
+    assert result.state == "finished", result.error
+    assert Counter(results.records) == want_results
+    assert Counter(v for _, _, v in late.records) == want_late
