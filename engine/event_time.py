@@ -1,8 +1,8 @@
 """Event time: watermark strategies at the sources, and the watermark of an instance with many inputs.
 
 A **watermark** ``W`` is a promise carried in batch headers (:attr:`engine.codec.Batch.watermark`,
-milliseconds): no record with a timestamp ``<= W`` follows on that channel. Event-time windows fire
-once the watermark passes their end (:mod:`operators.windows`).
+milliseconds): no record with a timestamp ``< W`` follows on that channel (``ts == W`` is still on
+time). Event-time windows ``[start, end)`` fire once ``end <= W`` (:mod:`operators.windows`).
 
 - :class:`BoundedOutOfOrderness` is a source's strategy: after a batch whose largest timestamp so far
   is ``T``, the watermark is ``T - max_out_of_order_ms``. It is computed from the records alone, so a
