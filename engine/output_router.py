@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from engine.dsl import Step
 from engine.errors import SerializationError
 from engine.fault_tolerance import ChannelSender
+from engine.graph import Step
 from engine.partition import HashPartitioner, RoundRobinPartitioner
 from engine.plan import TaskOutput
 from operators.base import OperatorContext, locate_failure

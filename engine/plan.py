@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.channel import ChannelId
-from engine.dsl import Job, Partitioning, Step
+from engine.dsl import Job
 from engine.errors import JobDefinitionError
+from engine.graph import Partitioning, Step
 
 __all__ = ["ChannelId", "Plan", "Task", "TaskInput", "TaskOutput"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.dsl import StepKind
+from engine.graph import StepKind
 from operators.base import Operator, OperatorContext, describe_function
 from operators.join_operator import JoinOperator
 from operators.keyed import Count, CountFinal, Reduce, ReduceFinal

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from engine.connector import SinkWriter
-from engine.dsl import Step
 from engine.errors import UserFunctionError
+from engine.graph import Step
 from engine.metrics import BatchStamp
 
 __all__ = ["Operator", "OperatorContext", "describe_function", "describe_raiser", "locate_failure"]

@@ -28,8 +28,8 @@ from __future__ import annotations
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any, cast
 
-from engine.dsl import LATE
 from engine.errors import UserFunctionError
+from engine.graph import LATE
 from engine.state import MemoryState
 from operators.base import Operator, OperatorContext, describe_raiser, locate_failure
 from operators.joins import IntervalJoinBuffer, Joined, Late, WindowJoinBuffer

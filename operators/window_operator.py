@@ -37,8 +37,8 @@ from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any, cast
 
 from engine.context import ctx as runtime
-from engine.dsl import LATE
 from engine.errors import UserFunctionError
+from engine.graph import LATE
 from engine.state import MemoryState
 from operators.base import Operator, OperatorContext, describe_raiser, locate_failure
 from operators.windows import Late, Result, WindowBuffer
