@@ -9,6 +9,8 @@ every 50 ms, so it restores one and replays its log): the output must be the sam
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -94,3 +96,22 @@ def test_query_matches_its_reference_with_and_without_a_kill(
     same(output)
     assert instances[victim]["restarts"] == 1
     assert all(m["restarts"] == 0 for name, m in instances.items() if m["task"] != instances[victim]["task"])
+
+
+@pytest.mark.parametrize(("query", "victim"), [("q5", "bids_per_auction/1"), ("q4", "close/0")])
+def test_a_process_killed_mid_run_recovers_alone_with_the_same_output(
+    query: str, victim: str, tmp_path: Path, nexmark_events: list[dict[str, Any]]
+) -> None:
+    """Multi-process: SIGKILL the process hosting a window (q5) or timer (q4) instance while the job runs."""
+    output, metrics = tmp_path / "out", tmp_path / "metrics.json"
+    args = [sys.executable, "-m", "engine", "run", f"jobs/nexmark/{query}.py", "--parallelism", "2"]
+    args += ["-P", f"events={EVENTS}", "-P", f"events_per_second={EVENTS_PER_SECOND}", "-P", "rate=6000"]
+    args += ["-P", f"out_of_order_ms={OUT_OF_ORDER_MS}", "-P", f"output={output}"]
+    args += ["--checkpoint-interval", "0.2", "--metrics-out", str(metrics), "--timeout", "90"]
+    args += ["--kill", f"{victim}@0.5"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(read_output(output)) == [_tuples(r) for r in QUERIES[query][2](nexmark_events)]
+    instances = json.loads(metrics.read_text())["instances"]
+    assert {m["task"] for m in instances.values() if m["restarts"]} == {victim}, proc.stderr[-2000:]
+    assert "recovered alone" in proc.stderr
