@@ -463,7 +463,7 @@ class Coordinator:
         if kind == "recovered" and self.launcher is not None:
             self._spawn(self.placement.replenish_spares(run))
         if kind == "log" and run.lineage is not None:
-            self._spawn(run.lineage.on_log(run, data))  # concurrent: the GCS group-commits them
+            run.lineage.on_log(run, data)  # checked now; stored with the others of this loop turn
             return
         if kind == "checkpoint" and run.lineage is not None:
             self._spawn(run.lineage.on_checkpoint(run, data))

@@ -40,7 +40,9 @@ is stored; the delay (the benchmarks' ``--gcs-delay-ms``) models a remote store.
 the writer goes on with the next group during the delay, so N concurrent writers each wait about
 ``delay_ms``, not ``N * delay_ms``. :meth:`GCS.committed` only moves at the acknowledgment, so the
 commit positions published to stashes (§5.3) bear the whole storage latency. A read may see a write
-before its acknowledgment, never the reverse.
+before its acknowledgment, never the reverse. :meth:`GCS.append_logs` queues many segments as one
+request (the coordinator's batch of ``log`` messages): one apply, one place in a group, one
+acknowledgment, with a result (or an error) per segment.
 
 Key layout (raw bytes; job ids and step names cannot contain ``/``)::
 
@@ -66,7 +68,7 @@ import bisect
 import collections
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
 
@@ -217,37 +219,61 @@ class GCS(abc.ABC):
             LogConflictError: a segment with this exact span is stored with different bytes.
             GCSError: a bad span.
         """
-        self._check_name(job, instance)
-        if start < 0 or count < 1 or start + count > _MAX:
-            raise GCSError(
-                f"append_log for {_who(job, instance)}: bad span start={start!r} count={count!r}; need "
-                f"start >= 0, count >= 1 and start + count <= {_MAX}"
-            )
-        end, data = start + count, bytes(entries)
+        segment = self._log_segment(job, instance, start, entries, count)
 
         async def apply(group: _Group) -> Callable[[], int]:
-            state = self._state(job, instance)
-            key = _log_key(job, instance, start, end)
-            i = bisect.bisect_left(state.segments, (start, end))
-            if i < len(state.segments) and state.segments[i] == (start, end):
-                stored = group.log_puts.get(key) or await self._get(key)
-                if stored is not None and stored != data:
-                    raise LogConflictError(
-                        f"{_who(job, instance)} re-sent log positions [{start}, {end}) with different bytes "
-                        f"({len(data)} vs {len(stored)} stored); one position holds one determinant: is a "
-                        "dead incarnation still flushing, or is the determinant encoding not deterministic?"
-                    )
-            elif end > state.reach:
-                self._jobs.add(job)
-                state.segments.insert(i, (start, end))
-                state.extend(start, end)
-                group.put(key, data)
-                group.log_puts[key] = data
-            group.touched[state] = state.reach
+            state = await self._add_segment(group, job, *segment)
             return lambda: state.committed
 
         result: int = await self._submit(apply)
         return result
+
+    def append_logs(
+        self, job: str, segments: Sequence[tuple[str, int, bytes, int]]
+    ) -> asyncio.Future[list[int | Exception]]:
+        """Store many segments ``(instance, start, entries, count)`` of ``job`` as one request.
+
+        The same as :meth:`append_log` for each segment, in order, but queued at once and applied in
+        one go, so that they are written in one group and acknowledged together (the coordinator
+        stores every ``log`` message that arrived in one turn of its event loop with one call,
+        DESIGN.md §5.3). A refused segment fails alone and the others are stored: the result has one
+        item per segment, in order, either the committed position of its instance once the group is
+        acknowledged (segments of one instance all report the same one), or the exception
+        :meth:`append_log` would have raised for it (:class:`LogConflictError`; :class:`GCSError`
+        for a bad span or name).
+
+        The request is queued before this returns: await the future it returns for the results, or
+        add a callback to it (a caller need not wait for one call's acknowledgment to queue the next).
+
+        Raises:
+            GCSError: the store is closed or broken (now, or from the future if it breaks before the
+                acknowledgment); then nothing of the call was stored.
+        """
+        self._check_usable()
+        checked: list[tuple[str, int, int, bytes] | Exception] = []
+        for instance, start, entries, count in segments:
+            try:
+                checked.append(self._log_segment(job, instance, start, entries, count))
+            except Exception as exc:  # the segment fails alone, before anything is queued
+                checked.append(exc)
+        if all(isinstance(item, Exception) for item in checked):
+            done: asyncio.Future[list[int | Exception]] = asyncio.get_running_loop().create_future()
+            done.set_result([item for item in checked if isinstance(item, Exception)])
+            return done
+
+        async def apply(group: _Group) -> Callable[[], list[int | Exception]]:
+            added: list[_Instance | Exception] = []
+            for item in checked:
+                if isinstance(item, Exception):
+                    added.append(item)
+                    continue
+                try:
+                    added.append(await self._add_segment(group, job, *item))
+                except Exception as exc:  # refused before it touched the index or the group
+                    added.append(exc)
+            return lambda: [x if isinstance(x, Exception) else x.committed for x in added]
+
+        return self._enqueue(apply)
 
     async def read_log(self, job: str, instance: str, start: int) -> list[tuple[int, bytes, int]]:
         """The committed segments ``(start, entries, count)`` covering positions ``>= start``, in order.
@@ -567,6 +593,45 @@ class GCS(abc.ABC):
             )
         self._names.add((job, instance or ""))
 
+    def _log_segment(
+        self, job: str, instance: str, start: int, entries: bytes, count: int
+    ) -> tuple[str, int, int, bytes]:
+        """Check a causal-log segment before it is queued: ``(instance, start, end, data)``."""
+        self._check_name(job, instance)
+        if start < 0 or count < 1 or start + count > _MAX:
+            raise GCSError(
+                f"append_log for {_who(job, instance)}: bad span start={start!r} count={count!r}; need "
+                f"start >= 0, count >= 1 and start + count <= {_MAX}"
+            )
+        return instance, start, start + count, bytes(entries)
+
+    async def _add_segment(
+        self, group: _Group, job: str, instance: str, start: int, end: int, data: bytes
+    ) -> _Instance:
+        """Add a checked segment to ``group`` and to the index (in the writer task); return its log.
+
+        Raises :class:`LogConflictError` before touching either.
+        """
+        state = self._state(job, instance)
+        key = _log_key(job, instance, start, end)
+        i = bisect.bisect_left(state.segments, (start, end))
+        if i < len(state.segments) and state.segments[i] == (start, end):
+            stored = group.log_puts.get(key) or await self._get(key)
+            if stored is not None and stored != data:
+                raise LogConflictError(
+                    f"{_who(job, instance)} re-sent log positions [{start}, {end}) with different bytes "
+                    f"({len(data)} vs {len(stored)} stored); one position holds one determinant: is a "
+                    "dead incarnation still flushing, or is the determinant encoding not deterministic?"
+                )
+        elif end > state.reach:
+            self._jobs.add(job)
+            state.segments.insert(i, (start, end))
+            state.extend(start, end)
+            group.put(key, data)
+            group.log_puts[key] = data
+        group.touched[state] = state.reach
+        return state
+
     def _state(self, job: str, instance: str) -> _Instance:
         instances = self._logs.setdefault(job, {})
         state = instances.get(instance)
@@ -575,6 +640,10 @@ class GCS(abc.ABC):
         return state
 
     async def _submit(self, apply: Callable[[_Group], Awaitable[Callable[[], T]]]) -> T:
+        return await self._enqueue(apply)
+
+    def _enqueue(self, apply: Callable[[_Group], Awaitable[Callable[[], T]]]) -> asyncio.Future[T]:
+        """Queue a request for the writer; the future gets its result at the acknowledgment."""
         self._check_usable()
         loop = asyncio.get_running_loop()
         if self._writer is None:
@@ -582,7 +651,7 @@ class GCS(abc.ABC):
         future: asyncio.Future[T] = loop.create_future()
         self._queue.append(_Request(apply, future))
         self._wake.set()
-        return await future
+        return future
 
     async def _run(self) -> None:
         """The writer: one group at a time, in queue order; acknowledgments are scheduled, not awaited."""

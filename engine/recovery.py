@@ -2,10 +2,12 @@
 
 :class:`LineageCoordinator` serves the jobs that run with ``--ft lineage``:
 
-* **Commits (§5.3).** Instances ship new determinants (``log`` messages); the GCS stores them with group
-  commit and acknowledges a committed position; the coordinator publishes the new positions to every
-  worker of the job (``commit``), coalescing bursts into one message. Stashes drop what is committed;
-  sinks release output whose causal past is now covered.
+* **Commits (§5.3).** Instances ship new determinants (``log`` messages); the coordinator stores those
+  of a job that arrive in one turn of its event loop as one GCS request (no task per message: at
+  saturation they come by the thousand per second), the GCS stores them with group commit and
+  acknowledges a committed position; the coordinator publishes the new positions to every worker of
+  the job (``commit``), coalescing bursts into one message. Stashes drop what is committed; sinks
+  release output whose causal past is now covered.
 * **Checkpoint completion (§6).** An instance's checkpoint record (``checkpoint``) is stored at once and
   becomes *complete* when every position in its causal past (its ``requirements``) is committed. Then
   the instance may prune its log, and each upstream sender may trim its output log up to the seqs the
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from engine.causal_log import Determinant, decode, encode
 from engine.checkpoint import CheckpointRecord
 from engine.codec import pack
+from engine.errors import ProtocolError, short_repr
 from engine.gcs import GCS, GCSError
 from engine.job_run import TERMINAL
 
@@ -70,7 +73,29 @@ class InstanceRecovery:
             "detected_s": round(self.detected_at - self.killed_at, 4) if self.killed_at else None,
             "live_s": round(self.live_at - origin, 4) if self.live_at else None,
             "replayed_batches": self.replayed_batches,
+            # wall-clock times (s since the epoch), for timelines: the kill (if the coordinator made it),
+            # its detection, the new incarnation's deployment and the moment it was live again
+            "killed_at": _at(self.killed_at),
+            "detected_at": _at(self.detected_at),
+            "deployed_at": _at(self.deployed_at),
+            "live_at": _at(self.live_at),
         }
+
+
+def _at(t: float | None) -> float | None:
+    return round(t, 3) if t is not None else None
+
+
+@dataclass(slots=True)
+class _LogMessage:
+    """The fields of one ``log`` message, checked (:func:`_log_message`)."""
+
+    instance: str
+    incarnation: int
+    start: int
+    count: int
+    entries: bytes
+    sent_at: float | None
 
 
 @dataclass
@@ -83,6 +108,14 @@ class _JobLineage:
     broadcast_scheduled: bool = False
     trim_scheduled: bool = False
     lag_ms: list[float] = field(default_factory=list)
+    #: log messages taken since the last flush to the GCS, in arrival order
+    inbox: list[_LogMessage] = field(default_factory=list)
+    flush_scheduled: bool = False
+    #: flushes to the GCS (each one request, one group) and the log messages they stored
+    log_batches: int = 0
+    log_messages: int = 0
+    #: task instance -> when its latest checkpoint became complete (wall clock)
+    checkpointed_at: dict[str, float] = field(default_factory=dict)
 
 
 class LineageCoordinator:
@@ -106,32 +139,105 @@ class LineageCoordinator:
 
     # -- commits (§5.3) -----------------------------------------------------------------------------
 
-    async def on_log(self, run: JobRun, msg: dict[str, Any]) -> None:
-        lineage = self.job(run.job_id)
-        inst = msg["instance"]
+    def on_log(self, run: JobRun, msg: dict[str, Any]) -> None:
+        """Take a ``log`` message (new determinants of one instance) to store in the job's next batch.
+
+        Cheap and synchronous: the message is checked, dropped if its job is over or its incarnation
+        dead, and queued; the first message queued schedules a flush (:meth:`_flush_logs`) at the end
+        of this turn of the event loop, so every message that arrives meanwhile (a burst read from the
+        workers' connections) is stored with it, as one GCS request in one group, and the commit
+        positions, their publication and checkpoint completion are then updated once for them all.
+
+        Raises:
+            ProtocolError: the message lacks a field or a field has the wrong type (the coordinator
+                drops the worker's connection, as for any malformed control message). A bad span is
+                the GCS's to refuse: it fails the job, naming the instance.
+        """
+        entry = _log_message(msg)
         if run.state in TERMINAL:
             return  # the job is over and its GCS state dropped
-        if msg.get("incarnation", 0) < lineage.incarnation.get(inst, 0):
+        lineage = self.job(run.job_id)
+        if entry.incarnation < lineage.incarnation.get(entry.instance, 0):
             return  # a dead incarnation's last words: its positions are being decided afresh
-        sent = msg.get("sent_at")
-        try:
-            committed = await self.gcs.append_log(
-                run.job_id, inst, msg["start"], msg["entries"], msg["count"]
-            )
-        except GCSError as exc:
-            await self.coord.fail_job(run, inst, f"instance {inst}: the GCS refused its log: {exc}")
+        lineage.inbox.append(entry)
+        if not lineage.flush_scheduled:
+            lineage.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_logs, run, lineage)
+
+    def _flush_logs(self, run: JobRun, lineage: _JobLineage) -> None:
+        """Store the job's queued log messages as one GCS request (a callback: never raises).
+
+        The request is not awaited: the next flush may go out while this one waits for its
+        acknowledgment (the GCS pipelines acknowledgments), so a batch never waits for the previous
+        one's ``--gcs-delay-ms``, and the commit lag stays one GCS round trip. Segments of one instance
+        reach the GCS in the order they arrived: the inbox, the flushes and the GCS queue are FIFO.
+        """
+        lineage.flush_scheduled = False
+        batch, lineage.inbox = lineage.inbox, []
+        if run.state in TERMINAL:
             return
-        if sent:
-            lineage.lag_ms.append((time.time() - sent) * 1000)
-            del lineage.lag_ms[:-2000]
-        if committed > lineage.committed.get(inst, 0):
-            lineage.committed[inst] = committed
-            if run.config.ft == "wal":  # the writer is waiting for exactly this acknowledgment
-                await self.coord.send_to_instance(
-                    run, inst, {"type": "commit", "job": run.job_id, "positions": {inst: committed}}
-                )
+        # A recovery may have begun since they arrived: drop a dead incarnation's messages here, in the
+        # same step as queueing the rest, so that none is queued after the recovery's discard_uncommitted
+        # (which it queues after raising the incarnation) and joins the new incarnation's log.
+        incarnation = lineage.incarnation
+        batch = [m for m in batch if m.incarnation >= incarnation.get(m.instance, 0)]
+        if not batch:
+            return
+        segments = [(m.instance, m.start, m.entries, m.count) for m in batch]
+        try:
+            stored = self.gcs.append_logs(run.job_id, segments)
+        except GCSError as exc:  # closed or broken: nothing stored
+            self._refused(run, batch[0].instance, exc)
+            return
+        lineage.log_batches += 1
+        lineage.log_messages += len(batch)
+        stored.add_done_callback(lambda done: self._logs_stored(run, lineage, batch, done))
+
+    def _logs_stored(
+        self,
+        run: JobRun,
+        lineage: _JobLineage,
+        batch: list[_LogMessage],
+        stored: asyncio.Future[list[int | Exception]],
+    ) -> None:
+        """A flush is acknowledged: move the commit positions, once for the whole batch (a callback)."""
+        if stored.cancelled() or run.state in TERMINAL:
+            return
+        if (error := stored.exception()) is not None:  # the store broke meanwhile: nothing stored
+            self._refused(run, batch[0].instance, error)
+            return
+        now = time.time()
+        advanced: dict[str, int] = {}
+        refused: tuple[str, Exception] | None = None
+        for m, result in zip(batch, stored.result(), strict=True):
+            if isinstance(result, Exception):
+                refused = refused or (m.instance, result)
+                continue
+            if m.sent_at:
+                lineage.lag_ms.append((now - m.sent_at) * 1000)
+            if result > lineage.committed.get(m.instance, 0):
+                lineage.committed[m.instance] = advanced[m.instance] = result
+        del lineage.lag_ms[:-2000]
+        if advanced:
+            if run.config.ft == "wal":  # each writer is waiting for exactly this acknowledgment
+                self.coord.spawn(self._send_commits(run, advanced))
             self._schedule_broadcast(run, lineage)
-            await self._complete_checkpoints(run, lineage)
+            done = self._completable(lineage)
+            if done:
+                # in a task of its own: it waits for the recovery locks of the instances concerned,
+                # held for as long as a recovery takes, and commits must not wait that long
+                self.coord.spawn(self._finish_checkpoints(run, lineage, done))
+        if refused is not None:
+            self._refused(run, *refused)
+
+    def _refused(self, run: JobRun, inst: str, exc: BaseException) -> None:
+        self.coord.spawn(self.coord.fail_job(run, inst, f"instance {inst}: the GCS refused its log: {exc}"))
+
+    async def _send_commits(self, run: JobRun, positions: dict[str, int]) -> None:
+        for inst, committed in positions.items():
+            await self.coord.send_to_instance(
+                run, inst, {"type": "commit", "job": run.job_id, "positions": {inst: committed}}
+            )
 
     def _schedule_broadcast(self, run: JobRun, lineage: _JobLineage) -> None:
         """Publish commit positions: to the workers hosting sinks every ``publish_s``, to the rest every
@@ -180,14 +286,22 @@ class LineageCoordinator:
         await self._complete_checkpoints(run, lineage)
 
     async def _complete_checkpoints(self, run: JobRun, lineage: _JobLineage) -> None:
+        await self._finish_checkpoints(run, lineage, self._completable(lineage))
+
+    def _completable(self, lineage: _JobLineage) -> dict[tuple[str, int], dict[str, Any]]:
+        """Take the pending checkpoints whose causal past is committed out of ``pending``, by id."""
         committed = lineage.committed
         done = [
             key
             for key, info in lineage.pending.items()
             if all(committed.get(i, 0) >= p for i, p in info["requirements"].items())
         ]
-        # taken out before the first await: a concurrent call must not complete them a second time
-        infos = {key: lineage.pending.pop(key) for key in sorted(done, key=lambda k: k[1])}
+        # taken out before any await: a concurrent call must not complete them a second time
+        return {key: lineage.pending.pop(key) for key in sorted(done, key=lambda k: k[1])}
+
+    async def _finish_checkpoints(
+        self, run: JobRun, lineage: _JobLineage, infos: dict[tuple[str, int], dict[str, Any]]
+    ) -> None:
         for (inst, cid), info in infos.items():
             if run.state in TERMINAL:
                 return
@@ -198,6 +312,7 @@ class LineageCoordinator:
                 if info["incarnation"] != lineage.incarnation.get(inst, 0):
                     continue
                 await self.gcs.mark_checkpoint_complete(run.job_id, inst, cid)
+                lineage.checkpointed_at[inst] = time.time()
             with contextlib.suppress(GCSError):
                 await self.gcs.prune_log(run.job_id, inst, info["log_position"])
             await self.coord.send_to_instance(
@@ -336,6 +451,7 @@ class LineageCoordinator:
             "restarts": len(recs),
             "recoveries": [r.to_dict() for r in recs],
             "committed": lineage.committed.get(inst, 0) if lineage else 0,
+            "checkpoint_at": _at(lineage.checkpointed_at.get(inst)) if lineage else None,
         }
 
     def commit_lag(self, job_id: str) -> dict[str, float | None]:
@@ -347,6 +463,43 @@ class LineageCoordinator:
             "p50_ms": round(lags[len(lags) // 2], 3),
             "p99_ms": round(lags[min(len(lags) - 1, int(len(lags) * 0.99))], 3),
         }
+
+
+def _log_message(msg: dict[str, Any]) -> _LogMessage:
+    """The fields of a ``log`` message, type-checked; the GCS checks the span (DESIGN.md §5.3)."""
+    try:
+        m = _LogMessage(
+            msg["instance"], msg.get("incarnation", 0), msg["start"], msg["count"], msg["entries"],
+            msg.get("sent_at"),
+        )  # fmt: skip
+    except KeyError as exc:
+        raise ProtocolError(
+            f"malformed log message: no field {exc}; expected instance, start, count, entries "
+            "(and optionally incarnation, sent_at)"
+        ) from None
+    if (
+        type(m.instance) is str
+        and type(m.incarnation) is int
+        and type(m.start) is int
+        and type(m.count) is int
+        and type(m.entries) is bytes
+        and (m.sent_at is None or type(m.sent_at) in (float, int))
+    ):
+        return m
+    for name, value, kinds, what in (
+        ("instance", m.instance, (str,), "a string"),
+        ("incarnation", m.incarnation, (int,), "an integer"),
+        ("start", m.start, (int,), "an integer"),
+        ("count", m.count, (int,), "an integer"),
+        ("entries", m.entries, (bytes,), "bytes"),
+        ("sent_at", m.sent_at, (float, int, type(None)), "a number"),
+    ):
+        if type(value) not in kinds:
+            raise ProtocolError(
+                f"malformed log message of instance {short_repr(m.instance, 60)}: {name} must be {what}, "
+                f"got {short_repr(value, 60)}"
+            )
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _sink_workers(run: JobRun) -> set[str]:

@@ -7,6 +7,7 @@ called again opens the same storage anew (a coordinator restart).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import random
@@ -163,6 +164,145 @@ async def test_discard_uncommitted_drops_a_dead_incarnations_pending_segments(op
     await gcs.aclose()
     gcs = open_gcs()
     assert gcs.committed(JOB, X) == 10
+
+
+# -- many segments in one request ---------------------------------------------------------------------
+
+
+async def test_append_logs_stores_many_segments_in_one_group(open_gcs: Opener) -> None:
+    gcs = open_gcs()
+    writes = count_writes(gcs)
+    segments = [(f"count/{i}", s, LOG[s : s + 4], 4) for s in (8, 0, 4) for i in range(5)]
+    assert await gcs.append_logs(JOB, segments) == [12] * 15  # all acknowledged together
+    assert writes == [15]  # one request, one group, one storage write
+    assert gcs.committed_all(JOB) == {f"count/{i}": 12 for i in range(5)}
+    assert await gcs.append_logs(JOB, []) == []
+    assert writes == [15]
+
+
+async def test_append_logs_fails_a_refused_segment_alone(open_gcs: Opener) -> None:
+    gcs = open_gcs()
+    await put(gcs, 0, 4)
+    writes = count_writes(gcs)
+    results = await gcs.append_logs(
+        JOB,
+        [
+            (X, 4, LOG[4:6], 2),
+            (X, 0, b"ABCD", 4),  # conflicts with the stored [0, 4)
+            (X, -1, b"a", 1),
+            ("count/0/", 0, b"a", 1),
+            (X, 6, LOG[6:9], 3),
+            ("count/1", 0, LOG[0:2], 2),
+            (X, 4, b"zz", 2),  # conflicts with [4, 6) of this very call
+        ],
+    )
+    assert results[0] == results[4] == 9 and results[5] == 2
+    assert isinstance(results[1], LogConflictError) and isinstance(results[6], LogConflictError)
+    assert str(results[1]).startswith(
+        f"instance {X} of job {JOB} re-sent log positions [0, 4) with different"
+    )
+    assert isinstance(results[2], GCSError) and str(results[2]) == (
+        f"append_log for instance {X} of job {JOB}: bad span start=-1 count=1; need start >= 0, count >= 1 "
+        "and start + count <= 99999999999999999999"
+    )
+    assert isinstance(results[3], GCSError) and "invalid instance name 'count/0/'" in str(results[3])
+    assert writes == [3]
+    assert reassemble(await gcs.read_log(JOB, X, 0), 0) == LOG[:9]
+    # every segment refused on sight: nothing is queued, the results are there at once
+    future = gcs.append_logs(JOB, [(X, 0, b"", 0), ("count/0/", 0, b"a", 1)])
+    assert future.done() and all(isinstance(r, GCSError) for r in future.result())
+    # conflicts are found by the writer: queued, and nothing to write
+    results = await gcs.append_logs(JOB, [(X, 0, b"ABCD", 4)])
+    assert isinstance(results[0], LogConflictError)
+    assert writes == [3]
+
+
+async def test_append_logs_on_a_closed_or_broken_store_raises() -> None:
+    gcs = MemoryGCS()
+    await gcs.aclose()
+    with pytest.raises(GCSError, match=r"^memory GCS is closed; open it again to use it$"):
+        gcs.append_logs(JOB, [(X, 0, b"a", 1)])
+
+    class FullDisk(MemoryGCS):
+        async def _write(self, ops: list[Op]) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    gcs = FullDisk()
+    with pytest.raises(GCSError, match=r"^write to memory GCS failed: OSError: \[Errno 28\]"):
+        await gcs.append_logs(JOB, [(X, 0, b"a", 1), ("count/1", 0, b"b", 1)])
+    assert gcs.data == {}
+    await gcs.aclose()
+
+
+Segment = tuple[str, int, bytes, int]
+
+
+def _segments(draw: st.DrawFn, n: int) -> list[Segment]:
+    out: list[Segment] = []
+    for _ in range(n):
+        instance = draw(st.sampled_from([X, "count/1"]))
+        start = draw(st.integers(-1, 24))
+        count = draw(st.integers(0, 8))
+        # mostly the true determinants; sometimes other bytes (a conflict when the span is stored)
+        data = LOG[max(start, 0) : max(start, 0) + count] if draw(st.integers(0, 5)) else b"#" * count
+        out.append((instance, start, data, count))
+        if draw(st.integers(0, 4)) == 0:
+            out.append(out[-1])  # a duplicate: a retry
+    return out
+
+
+@st.composite
+def _histories(draw: st.DrawFn) -> tuple[list[Segment], list[Segment]]:
+    return _segments(draw, draw(st.integers(0, 8))), _segments(draw, draw(st.integers(1, 16)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(history=_histories())
+def test_append_logs_is_append_log_for_each_segment_in_order(
+    history: tuple[list[Segment], list[Segment]],
+) -> None:
+    """One call == one append_log per segment, in order: same refusals, same storage, same commits.
+
+    Both stores first get the same earlier segments one by one (so a segment may repeat, conflict with
+    or overlap a stored or committed one); then one store gets the rest one append_log at a time, the
+    other in one append_logs call. Segments overlap, repeat, come out of order, leave holes, conflict
+    and have bad spans.
+    """
+    earlier, segments = history
+
+    async def scenario() -> None:
+        one_by_one, batched = MemoryGCS(), MemoryGCS()
+        for gcs in (one_by_one, batched):
+            for seg in earlier:
+                with contextlib.suppress(GCSError):
+                    await gcs.append_log(JOB, *seg[:1], seg[1], seg[2], seg[3])
+        expected: list[int | Exception] = []
+        for instance, start, data, count in segments:
+            try:
+                expected.append(await one_by_one.append_log(JOB, instance, start, data, count))
+            except GCSError as exc:
+                expected.append(exc)
+        writes = count_writes(batched)
+        results = await batched.append_logs(JOB, segments)
+        assert len(writes) <= 1
+        assert len(results) == len(segments)
+        for seg, want, got in zip(segments, expected, results, strict=True):
+            if isinstance(want, Exception):
+                assert type(got) is type(want) and str(got) == str(want), seg
+            else:
+                assert not isinstance(got, Exception), (seg, got)
+                # acknowledged with the whole call: the position after all of it, not after this one
+                assert want <= got == batched.committed(JOB, seg[0]), seg
+        assert batched.data == one_by_one.data  # byte for byte the same storage
+        assert batched.committed_all(JOB) == one_by_one.committed_all(JOB)
+        for instance in (X, "count/1"):
+            assert await batched.read_log(JOB, instance, 0) == await one_by_one.read_log(JOB, instance, 0)
+        await one_by_one.aclose()
+        await batched.aclose()
+        reopened = MemoryGCS(data=batched.data)
+        assert reopened.committed_all(JOB) == one_by_one.committed_all(JOB)
+
+    asyncio.run(scenario())
 
 
 # -- checkpoints -------------------------------------------------------------------------------------

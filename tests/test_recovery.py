@@ -4,24 +4,43 @@ The job (jobs/union_count.py) merges two generated sources with ``union`` (so th
 ``merge`` receives their batches is truly nondeterministic), splits sentences into words, keys by word
 and keeps a running ``count`` written to a FileSink: for every word w seen N_w times the output must
 hold the records (w, 1) .. (w, N_w), each exactly once, whatever was killed and when.
+
+At the end, the coordinator's side of commits alone: ``log`` messages fed through its dispatch, with a
+GCS in memory and fake worker connections.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+import logging
 import random
 import subprocess
 import sys
+import time
 from collections import Counter, defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import union_count
 from support import ROOT, read_jsonl
 
 from connectors import CollectSink, GeneratorSource, ListSource
 from engine import Job
+from engine.codec import pack, unpack
+from engine.config import JobConfig
+from engine.coordinator import Coordinator
+from engine.errors import ProtocolError
+from engine.gcs_backends import MemoryGCS
+from engine.job_run import JobRun, WorkerConn
+from engine.loader import register_in_process
+from engine.plan import Plan
+from engine.recovery import LineageCoordinator
 from engine.testing import run
 
 SENTENCES = 6000
@@ -194,3 +213,249 @@ def test_replay_recovers_nondeterministic_ctx_values():
         assert outputs[0] == (0, 0)  # the first record of a key is the start value
         for (prev, _), (total, last) in itertools.pairwise(outputs):
             assert total == prev + last
+
+
+# -- the coordinator's log path: messages of a loop turn are stored as one GCS request ---------------
+
+
+LOG = bytes(range(256))  # position p holds determinant byte p
+
+
+class FakeWS:
+    """A worker's control websocket: records what the coordinator sends to the worker."""
+
+    closed = False
+
+    def __init__(self, worker_id: str, sent: list[tuple[str, dict]]):
+        self.worker_id = worker_id
+        self.sent = sent
+
+    async def send_bytes(self, data: bytes) -> None:
+        self.sent.append((self.worker_id, unpack(data)))
+
+
+@dataclass
+class LogPath:
+    coord: Coordinator
+    gcs: MemoryGCS
+    run: JobRun
+    insts: list[str]
+    writes: list[int]  # the number of storage ops of every GCS write (one per group)
+    requests: list[int]  # one item per request queued in the GCS
+    sent: list[tuple[str, dict]]  # (worker id, message) the coordinator sent
+
+    @property
+    def lineage(self) -> Any:
+        assert self.run.lineage is not None
+        return self.run.lineage.job(self.run.job_id)
+
+    async def log(
+        self, inst: str, start: int, count: int, *, incarnation: int = 0, data: bytes | None = None
+    ):
+        msg = {
+            "type": "log", "job": self.run.job_id, "instance": inst, "incarnation": incarnation,
+            "start": start, "count": count, "entries": LOG[start : start + count] if data is None else data,
+            "sent_at": time.time(),
+        }  # fmt: skip
+        conn = self.coord.workers[self.run.placement[inst]]
+        await self.coord._on_worker_message(conn, msg)  # what a worker's control connection does
+
+    def commits(self) -> list[tuple[str, dict]]:
+        return [(w, m["positions"]) for w, m in self.sent if m["type"] == "commit"]
+
+
+async def until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.001)
+
+
+@pytest.fixture
+async def log_path(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[LogPath]:
+    """A coordinator (not listening) with a running job of 4 task instances on 2 fake workers."""
+    ft, delay_ms = getattr(request, "param", ("lineage", 0.0))
+    coord = Coordinator(port=0, data_dir=str(tmp_path))
+    gcs = MemoryGCS(delay_ms=delay_ms)
+    writes: list[int] = []
+    write = gcs._write
+
+    async def counting(ops: list) -> None:
+        writes.append(len(ops))
+        await write(ops)
+
+    gcs._write = counting  # type: ignore[method-assign]
+    requests: list[int] = []
+    enqueue = gcs._enqueue
+
+    def counting_requests(apply: Any) -> Any:
+        requests.append(1)
+        return enqueue(apply)
+
+    gcs._enqueue = counting_requests  # type: ignore[method-assign]
+    coord.gcs = gcs  # type: ignore[assignment]
+    coord.lineage = LineageCoordinator(coord, gcs)
+    job = Job("logs", parallelism=2)
+    job.source("nums", ListSource([1, 2])).rebalance().map("inc", lambda x: x + 1).sink("out", CollectSink())
+    plan = Plan.of(job)
+    run_ = JobRun("logs-0a1b2c", "logs", register_in_process(job), {}, JobConfig(ft=ft), plan, b"k" * 32)
+    run_.state, run_.lineage = "running", coord.lineage
+    sent: list[tuple[str, dict]] = []
+    for wid in ["w0", "w1"]:
+        coord.workers[wid] = WorkerConn(wid, FakeWS(wid, sent), ("127.0.0.1", 0), 4, None, None)  # type: ignore[arg-type]
+    insts = plan.instances()
+    for i, inst in enumerate(insts):
+        run_.placement[inst] = f"w{i % 2}"
+    coord.jobs[run_.job_id] = run_
+    yield LogPath(coord, gcs, run_, insts, writes, requests, sent)
+    await coord.aclose()
+
+
+async def test_a_burst_of_log_messages_is_one_gcs_group(log_path: LogPath) -> None:
+    a, b, c = log_path.insts[:3]
+    for start in range(0, 24, 3):  # interleaved; b's segments out of order, c's twice (retries)
+        await log_path.log(a, start, 3)
+        await log_path.log(b, 21 - start, 3)
+        await log_path.log(c, start, 3)
+        await log_path.log(c, start, 3)
+    await until(lambda: len(log_path.lineage.committed) == 3)
+    assert log_path.lineage.committed == {a: 24, b: 24, c: 24}
+    assert log_path.gcs.committed_all(log_path.run.job_id) == {a: 24, b: 24, c: 24}
+    assert len(log_path.requests) == 1  # one GCS request...
+    assert log_path.writes == [24]  # ...in one group: every segment once (the retries are not rewritten)
+    assert (log_path.lineage.log_batches, log_path.lineage.log_messages) == (1, 32)
+    assert len(log_path.lineage.lag_ms) == 32
+    # one publication per worker, every position in it (sinks' workers after 2 ms, the others after 25)
+    await until(lambda: len(log_path.commits()) == 2)
+    await asyncio.sleep(0.03)
+    assert sorted(log_path.commits()) == [("w0", {a: 24, b: 24, c: 24}), ("w1", {a: 24, b: 24, c: 24})]
+
+
+async def test_log_messages_of_a_dead_incarnation_are_dropped(log_path: LogPath) -> None:
+    a, b = log_path.insts[:2]
+    log_path.lineage.incarnation[a] = 1
+    await log_path.log(a, 0, 3, incarnation=0, data=b"old")  # dropped on arrival
+    await log_path.log(a, 0, 3, incarnation=1)
+    await log_path.log(b, 0, 3, incarnation=0, data=b"old")
+    # b's recovery begins before the flush: its message is dropped then, not queued after the
+    # recovery's discard_uncommitted (it would join the new incarnation's log)
+    log_path.lineage.incarnation[b] = 1
+    await until(lambda: log_path.lineage.committed)
+    assert log_path.lineage.committed == {a: 3}
+    assert log_path.gcs.committed_all(log_path.run.job_id) == {a: 3}
+    assert (await log_path.gcs.read_log(log_path.run.job_id, a, 0))[0][1] == LOG[:3]
+    assert log_path.lineage.log_messages == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"entries": None}, "malformed log message: no field 'entries'; expected instance, start, count, "
+                            "entries (and optionally incarnation, sent_at)"),
+        ({"start": "3"}, "malformed log message of instance 'nums/0': start must be an integer, got '3'"),
+        ({"entries": "abc"}, "malformed log message of instance 'nums/0': entries must be bytes, got 'abc'"),
+        ({"incarnation": 1.0}, "malformed log message of instance 'nums/0': incarnation must be an integer, "
+                               "got 1.0"),
+        ({"sent_at": "now"}, "malformed log message of instance 'nums/0': sent_at must be a number, got 'now'"),
+        ({"instance": 7}, "malformed log message of instance 7: instance must be a string, got 7"),
+    ],
+)  # fmt: skip
+async def test_a_malformed_log_message_is_refused(log_path: LogPath, change: dict, error: str) -> None:
+    msg = {"type": "log", "job": log_path.run.job_id, "instance": "nums/0", "start": 0, "count": 1,
+           "entries": b"a", "sent_at": 1.0}  # fmt: skip
+    msg.update(change)
+    msg = {k: v for k, v in msg.items() if v is not None}
+    with pytest.raises(ProtocolError) as info:
+        await log_path.coord._on_worker_message(log_path.coord.workers["w0"], msg)
+    assert str(info.value) == error
+    assert not log_path.lineage.inbox and not log_path.lineage.flush_scheduled
+
+
+async def test_a_malformed_log_message_drops_the_workers_connection(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As for any malformed control message: one line in the log, and the connection goes."""
+    caplog.set_level(logging.WARNING, "stashflow.coordinator")
+    async with Coordinator(port=0, data_dir=str(tmp_path)) as coord:
+        job = Job("logs", parallelism=1)
+        job.source("nums", ListSource([1])).sink("out", CollectSink())
+        run_ = JobRun(
+            "logs-0a1b2c", "logs", register_in_process(job), {}, JobConfig(), Plan.of(job), b"k" * 32
+        )
+        run_.state, run_.lineage = "running", coord.lineage
+        coord.jobs[run_.job_id] = run_
+        bad = {
+            "type": "log",
+            "job": run_.job_id,
+            "instance": "nums/0",
+            "start": "3",
+            "count": 1,
+            "entries": b"a",
+        }
+        async with aiohttp.ClientSession() as session, session.ws_connect(coord.url + "/ws/worker") as ws:
+            await ws.send_bytes(
+                pack({"type": "register", "worker": "w9", "address": ["127.0.0.1", 1], "slots": 1})
+            )
+            await ws.send_bytes(pack(bad))
+            msg = await ws.receive(timeout=5)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+        assert (
+            "coordinator: dropped worker w9: malformed 'log' message (ProtocolError: malformed log message of "
+            "instance 'nums/0': start must be an integer, got '3')"
+        ) in caplog.text
+        assert run_.state == "running"
+
+
+@pytest.mark.parametrize("refusal", ["bad span", "conflict"])
+async def test_a_refused_segment_fails_the_job_naming_its_instance(log_path: LogPath, refusal: str) -> None:
+    a, b = log_path.insts[:2]
+    job_id = log_path.run.job_id
+    if refusal == "conflict":
+        await log_path.log(b, 0, 3)
+        await until(lambda: log_path.lineage.committed.get(b) == 3)
+    await log_path.log(a, 0, 3)
+    await log_path.log(b, -1 if refusal == "bad span" else 0, 3, data=b"XYZ")
+    await log_path.log(a, 3, 3)
+    await until(lambda: log_path.run.state == "failed")
+    assert log_path.run.failed_instance == b
+    assert log_path.run.error == f"instance {b}: the GCS refused its log: " + (
+        f"append_log for instance {b} of job {job_id}: bad span start=-1 count=3; need start >= 0, count >= 1 "
+        "and start + count <= 99999999999999999999"
+        if refusal == "bad span"
+        else f"instance {b} of job {job_id} re-sent log positions [0, 3) with different bytes (3 vs 3 stored); "
+        "one position holds one determinant: is a dead incarnation still flushing, or is the determinant "
+        "encoding not deterministic?"
+    )
+    assert log_path.lineage.committed[a] == 6  # the rest of the batch was stored
+
+
+@pytest.mark.parametrize("log_path", [("lineage", 20.0)], indirect=True)
+async def test_the_job_ending_stops_the_log_path(log_path: LogPath) -> None:
+    a, b = log_path.insts[:2]
+    job_id = log_path.run.job_id
+    # a batch in flight (the GCS acknowledges after 20 ms) and one queued, when the job ends
+    await log_path.log(a, 0, 3)
+    await until(lambda: log_path.lineage.log_batches == 1)
+    await log_path.log(b, 0, 3)
+    await log_path.coord.cancel(job_id)
+    await log_path.log(b, 3, 3)  # after the end: dropped on arrival
+    await until(lambda: all(t.done() for t in log_path.coord._bg))
+    await asyncio.sleep(0.03)  # the first batch's acknowledgment came and changed nothing
+    assert log_path.lineage.log_batches == 1
+    assert not log_path.lineage.inbox and not log_path.lineage.flush_scheduled
+    assert log_path.lineage.committed == {}
+    assert log_path.commits() == []
+    assert all(t.done() for t in log_path.coord._bg)  # nothing left running for the job
+    assert log_path.gcs.committed_all(job_id) == {}  # and its GCS state dropped
+
+
+@pytest.mark.parametrize("log_path", [("wal", 0.0)], indirect=True)
+async def test_write_first_sends_each_instance_its_commit_at_once(log_path: LogPath) -> None:
+    """A ``--ft wal`` writer waits for its own commit message: it is not coalesced with the others."""
+    a, b = log_path.insts[:2]
+    await log_path.log(a, 0, 3)
+    await log_path.log(b, 0, 4)
+    await log_path.log(a, 3, 3)
+    await until(lambda: len(log_path.commits()) >= 2)
+    per_instance = [c for c in log_path.commits() if len(c[1]) == 1]
+    assert sorted(per_instance) == [(log_path.run.placement[a], {a: 6}), (log_path.run.placement[b], {b: 4})]
