@@ -599,8 +599,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--work", type=Path, help="runs' outputs and metrics (default: nexmark/ beside --out)"
     )
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "nexmark.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "bench" / "out" / "nexmark.json",
+        help="the JSON report (a directory: nexmark.json in it); the tables go beside it as nexmark.md",
+    )
     args = parser.parse_args(argv)
+    if args.out.is_dir():
+        args.out = args.out / "nexmark.json"
     if args.events is None:
         args.events = QUICK_EVENTS if args.quick else 200_000
     if args.rounds is None:

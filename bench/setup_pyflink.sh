@@ -6,6 +6,9 @@
 # never leak into the engine's environment. apache-flink 2.3.0 ships wheels for CPython 3.9-3.12
 # only, so the venv is made with python3.11 (override with PYTHON=...). PyFlink runs its mini-cluster
 # on a JVM: `java` (11 or 17) must be on PATH or JAVA_HOME set; this script only checks that.
+# stashflow itself is installed there too (editable, with its runtime dependencies): the benchmark's
+# PyFlink job generates its events with connectors/nexmark.py and checks them with jobs/nexmark/reference.py,
+# which import the engine.
 set -euo pipefail
 
 FLINK_VERSION="2.3.0"
@@ -18,12 +21,14 @@ if ! command -v java >/dev/null && [[ -z "${JAVA_HOME:-}" ]]; then
 fi
 
 if [[ -x "$venv/bin/python" ]] \
-    && "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('apache-flink') != '$FLINK_VERSION')" 2>/dev/null; then
-    echo "apache-flink $FLINK_VERSION already installed in $venv"
+    && "$venv/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('apache-flink') != '$FLINK_VERSION')" 2>/dev/null \
+    && (cd / && "$venv/bin/python" -c "import connectors.nexmark") 2>/dev/null; then
+    echo "apache-flink $FLINK_VERSION and stashflow already installed in $venv"
     exit 0
 fi
 
-"$python" -m venv "$venv"
+[[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet "apache-flink==$FLINK_VERSION"
+"$venv/bin/python" -m pip install --quiet -e "$here/.."
 "$venv/bin/python" -c "import pyflink, importlib.metadata as m; print('installed apache-flink', m.version('apache-flink'), 'in', '$venv')"
