@@ -66,15 +66,20 @@ demo: venv $(DEMO_CORPUS)/manifest.json ## run jobs/wordcount.py on a generated 
 $(DEMO_CORPUS)/manifest.json: | $(STAMP)
 	$(VENV_PY) bench/corpus.py --words $(DEMO_WORDS) --out $(DEMO_CORPUS)
 
-# docker-compose only serves tests/test_deployment.py, which skips without it: installing it is best
-# effort and never fails the target. --no-install-recommends: the compose CLI, not the Docker engine.
-test: venv ## run the test suite (installs Debian's docker-compose first when missing and possible)
-	@if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 \
-		&& command -v apt-get >/dev/null 2>&1 && [[ "$$(id -u)" == 0 ]]; then \
-		echo "make test: installing Debian's docker-compose for tests/test_deployment.py"; \
+# docker-compose only serves tests/test_deployment.py and Chromium tests/test_dashboard_browser.py; each
+# skips without it: installing them is best effort and never fails the target (as root, with apt-get).
+# --no-install-recommends: the compose CLI, not the Docker engine. Playwright drives Debian's Chromium
+# (/usr/bin/chromium); it never downloads a browser of its own.
+test: venv ## run the test suite (installs Debian's docker-compose and chromium first when missing and possible)
+	@missing=""; \
+	if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then \
+		missing=" docker-compose"; fi; \
+	if [[ ! -x /usr/bin/chromium ]]; then missing="$$missing chromium"; fi; \
+	if [[ -n "$$missing" ]] && command -v apt-get >/dev/null 2>&1 && [[ "$$(id -u)" == 0 ]]; then \
+		echo "make test: installing Debian's$$missing for tests/test_deployment.py and tests/test_dashboard_browser.py"; \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			docker-compose; } >/dev/null 2>&1 \
-			|| echo "make test: could not install docker-compose; tests/test_deployment.py will skip"; \
+			$$missing; } >/dev/null 2>&1 \
+			|| echo "make test: could not install$$missing; the tests that need it will skip"; \
 	fi
 	$(VENV_BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 

@@ -265,6 +265,7 @@ class InputChannel:
                 log.warning(
                     "data server %s: dropped connection from %s: channel %s of job %s: %s",
                     conn.server, conn.peer, self.channel_id, conn.job_id, exc,
+                    extra={"job": conn.job_id, "instance": self.channel_id.dst, "sender": self.channel_id.src},
                 )  # fmt: skip
                 self._detach(conn)
                 conn.transport.abort()

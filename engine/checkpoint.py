@@ -41,7 +41,7 @@ from engine.codec import pack, unpack
 from engine.errors import ProtocolError, SerializationError, StateError, short_repr
 from engine.state import KeyedState
 
-__all__ = ["RECORD_FORMAT", "CheckpointRecord", "CheckpointStore", "is_complete"]
+__all__ = ["RECORD_FORMAT", "CheckpointRecord", "CheckpointStore", "checkpoint_name", "is_complete"]
 
 #: Version of the encoded :class:`CheckpointRecord`; bump it on any change of its fields.
 RECORD_FORMAT: Final = 1
@@ -374,3 +374,8 @@ def _fsync_dir(directory: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def checkpoint_name(checkpoint_id: int | None) -> str:
+    """What an instance restarted from, for people: ``checkpoint 3``, or its start when it had none."""
+    return f"checkpoint {checkpoint_id}" if checkpoint_id is not None else "its start (no checkpoint yet)"

@@ -1,7 +1,13 @@
 """The ``stashflow`` command line.
 
 Exit codes: 0 the job finished; 1 the job failed (a user function raised, an instance could not be
-recovered); 2 bad input (job file, parameter, setting, usage), with one line on stderr naming the problem.
+recovered); 2 bad input (job file, parameter, setting, usage), with one line on stderr naming the problem;
+130 interrupted (Ctrl-C).
+
+``stashflow run`` shows its job as it runs (:mod:`engine.progress`): a live view when stdout is a
+terminal, plain lines on stderr otherwise, nothing but errors and the final summary with ``--quiet``.
+Its coordinator serves the dashboard at http://127.0.0.1:8081/ (another free port when that one is
+taken, unless ``--dashboard-port`` asked for it).
 """
 
 from __future__ import annotations
@@ -14,36 +20,38 @@ import secrets
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import aiohttp
 import click
+from click.core import ParameterSource
 
 from engine import allocator
+from engine.checkpoint import checkpoint_name
 from engine.config import FT_MODES, JobConfig
 from engine.coordinator import Coordinator
 from engine.errors import CoordinatorError, JobDefinitionError, JobLoadError, ParameterError, StashflowError
 from engine.job_run import JobRun
 from engine.launcher import LocalLauncher
 from engine.loader import JobRef, load_job, parse_params
+from engine.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
 from engine.plan import Plan
+from engine.progress import ProgressView, stdout_is_live
 
 __all__ = ["main"]
 
+log = logging.getLogger("stashflow.cli")
+
 BAD_INPUT = (JobLoadError, ParameterError, JobDefinitionError)
+
+#: ``stashflow run``'s dashboard port, when --dashboard-port does not name one
+DASHBOARD_PORT = 8081
 
 
 def _die(message: str, code: int) -> NoReturn:
     click.echo(f"stashflow: error: {message}", err=True)
     sys.exit(code)
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.WARNING),
-        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,12 +121,55 @@ def _parse_kills(specs: tuple[str, ...], plan: Plan) -> list[tuple[str, float]]:
     return kills
 
 
+def _log_level(value: str, option: str) -> str:
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        _die(f"{option} {value!r} is not a log level; give one of {', '.join(LOG_LEVELS)}", 2)
+    return level
+
+
+def _log_format(value: str, option: str) -> str:
+    fmt = value.strip().lower()
+    if fmt not in LOG_FORMATS:
+        _die(f"{option} {value!r} is not a log format; give one of {', '.join(LOG_FORMATS)}", 2)
+    return fmt
+
+
+@dataclass(frozen=True)
+class _Logging:
+    """The process's log settings (``ctx.obj`` of the group), and whether the level was asked for."""
+
+    level: str
+    fmt: str
+    level_given: bool
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="WARNING", envvar="STASHFLOW_LOG_LEVEL", show_default=True)
-def cli(log_level: str) -> None:
+@click.option(
+    "--log-level",
+    default="WARNING",
+    envvar="STASHFLOW_LOG_LEVEL",
+    show_default=True,
+    metavar="LEVEL",
+    help=f"least severe log lines shown: {', '.join(LOG_LEVELS)}",
+)
+@click.option(
+    "--log-format",
+    default=LOG_FORMATS[0],
+    envvar="STASHFLOW_LOG_FORMAT",
+    show_default=True,
+    metavar="FORMAT",
+    help=f"log lines as {' or '.join(LOG_FORMATS)} (one JSON object a line)",
+)
+@click.pass_context
+def cli(ctx: click.Context, log_level: str, log_format: str) -> None:
     """stashflow: stream processing whose failed operators recover alone (the lineage stash)."""
     allocator.tune()
-    _setup_logging(log_level)
+    level = _log_level(log_level, "--log-level")
+    fmt = _log_format(log_format, "--log-format")
+    setup_logging(level, fmt)
+    given = ctx.get_parameter_source("log_level") not in (ParameterSource.DEFAULT, None)
+    ctx.obj = _Logging(level, fmt, given)
 
 
 @cli.command()
@@ -140,18 +191,72 @@ def cli(log_level: str) -> None:
     help="idle worker processes kept per job (not with --ft none), so that a restarted instance need not "
     "wait for a new Python process to start; each costs one idle process; 0: start one at the failure",
 )
+@click.option(
+    "--dashboard-port",
+    default=None,
+    metavar="PORT",
+    help=f"where the dashboard is served; 0: any free port  [default: {DASHBOARD_PORT}, or a free port when "
+    "that one is taken]",
+)
+@click.option("--no-dashboard", is_flag=True, help="serve no dashboard")
+@click.option(
+    "--allow-kill",
+    is_flag=True,
+    help="let the dashboard's Kill button (and POST /jobs/{id}/kill) kill an instance's process",
+)
+@click.option("-q", "--quiet", is_flag=True, help="print only errors and the final summary")
+@click.option(
+    "--progress-interval",
+    type=float,
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="seconds between progress lines when stdout is not a terminal",
+)
+@click.option(
+    "--log-level",
+    "run_log_level",
+    default=None,
+    metavar="LEVEL",
+    help="this run's log level (wins over stashflow --log-level)",
+)
+@click.option(
+    "--log-format",
+    "run_log_format",
+    default=None,
+    metavar="FORMAT",
+    help="this run's log format (wins over stashflow --log-format)",
+)
+@click.pass_context
 def run(
+    ctx: click.Context,
+    /,
     job: str,
     params: tuple[str, ...],
     metrics_out: str | None,
     timeout: float | None,
     kills: tuple[str, ...],
     spare_workers: int,
+    dashboard_port: str | None,
+    no_dashboard: bool,
+    allow_kill: bool,
+    quiet: bool,
+    progress_interval: float,
+    run_log_level: str | None,
+    run_log_format: str | None,
     **settings: Any,
 ) -> None:
-    """Run JOB (a .py file or module:attr) on a local cluster: one process per instance."""
+    """Run JOB (a .py file or module:attr) on a local cluster: one process per instance.
+
+    Shows the job as it runs: a live view when stdout is a terminal, progress lines on stderr
+    otherwise (--quiet: neither). The dashboard is at http://127.0.0.1:8081/ (printed at the start).
+    """
     if spare_workers < 0:
         _die(f"--spare-workers must be 0 or more (idle worker processes per job), got {spare_workers}", 2)
+    if not progress_interval > 0:
+        _die(f"--progress-interval must be a positive number of seconds, got {progress_interval:g}", 2)
+    dashboard = _dashboard_options(dashboard_port, no_dashboard, allow_kill)
+    logs = _run_logging(ctx, run_log_level, run_log_format, quiet)
     try:
         ref = JobRef.parse(job)
         param_dict = parse_params(params)
@@ -162,15 +267,31 @@ def run(
             raise ParameterError("--kill with --ft none can only fail the job; run with --ft lineage")
     except BAD_INPUT as exc:
         _die(str(exc), 2)
-    click.echo(
-        f"stashflow: running job {plan.job.name!r}: {len(plan.tasks)} tasks, {len(plan.instances())} "
-        f"instances (--ft {config.ft})",
-        err=True,
+    if not quiet:
+        click.echo(
+            f"stashflow: running job {plan.job.name!r}: {len(plan.tasks)} tasks, {len(plan.instances())} "
+            f"instances (--ft {config.ft})",
+            err=True,
+        )
+    view = (
+        None if quiet else ProgressView("live" if stdout_is_live() else "plain", interval_s=progress_interval)
     )
+    local = _LocalRun(ref, param_dict, config, timeout, kill_plan, spare_workers, logs, dashboard, view)
+    error: tuple[str, int] | None = None
     try:
-        result = asyncio.run(_run_local(ref, param_dict, config, timeout, kill_plan, spare_workers))
+        result = asyncio.run(local.run())
     except StashflowError as exc:
-        _die(str(exc), 2 if isinstance(exc, BAD_INPUT) else 1)
+        error = (str(exc), 2 if isinstance(exc, BAD_INPUT) else 1)
+    except KeyboardInterrupt:
+        error = (
+            f"interrupted (Ctrl-C): job {local.job_id or '(not started)'} canceled, its workers stopped",
+            130,
+        )
+    finally:
+        if view is not None:
+            view.stop()  # the terminal is restored before anything else is printed, whatever happened
+    if error is not None:
+        _die(*error)
     status = result.status()
     if metrics_out:
         _write_metrics(metrics_out, status)
@@ -204,9 +325,15 @@ def _recovery_lines(status: dict[str, Any]) -> list[str]:
             )
             lines.append(
                 f"instance {task} recovered alone (restart {rec['incarnation']}, {rec['reason']}): {detected}{live}, "
-                f"{rec['replayed_batches']} batches replayed from checkpoint {rec['checkpoint_id']}"
+                f"{rec['replayed_batches']} batches replayed from {checkpoint_name(rec['checkpoint_id'])}"
             )
     return lines
+
+
+def _global_checkpoint(checkpoint_id: int | None) -> str:
+    if checkpoint_id is None:
+        return "the start (no global checkpoint yet)"
+    return f"global checkpoint {checkpoint_id}"
 
 
 def _rollback_lines(status: dict[str, Any]) -> list[str]:
@@ -228,48 +355,138 @@ def _rollback_lines(status: dict[str, Any]) -> list[str]:
         cause = f"{', '.join(lost)} lost ({recs[lost[0]]['reason']})" if lost else "an instance was lost"
         lines.append(
             f"job rolled back (restart {first['incarnation']}): {cause}; all {len(recs)} task instances "
-            f"restarted from global checkpoint {first['checkpoint_id']}, {live}"
+            f"restarted from {_global_checkpoint(first['checkpoint_id'])}, {live}"
         )
     return lines
 
 
-async def _run_local(
-    ref: JobRef,
-    params: dict[str, str],
-    config: JobConfig,
-    timeout: float | None,
-    kills: list[tuple[str, float]],
-    spare_workers: int = 1,
-) -> JobRun:
-    level = logging.getLevelName(logging.getLogger().level)
-    token = secrets.token_hex(16)  # only this run's workers can register
-    launcher = LocalLauncher(log_level=str(level), token=token, spares=spare_workers)
-    async with Coordinator(port=0, launcher=launcher, gcs_delay_ms=config.gcs_delay_ms, token=token) as coord:
-        run = coord.submit(ref, params, config)
+@dataclass(frozen=True)
+class _Dashboard:
+    """Where ``stashflow run``'s coordinator listens and what it serves there."""
 
-        async def kill_later(instance: str, seconds: float) -> None:
-            while run.started_at is None and not run.done.is_set():
-                await asyncio.sleep(0.01)
-            if run.started_at is None:
-                return
-            await asyncio.sleep(max(0.0, run.started_at + seconds - time.time()))
-            try:
-                message = await coord.kill(run.job_id, instance)
-                click.echo(f"stashflow: --kill {instance}@{seconds:g}: {message}", err=True)
-            except CoordinatorError as exc:
-                click.echo(f"stashflow: --kill {instance}@{seconds:g} skipped: {exc}", err=True)
+    enabled: bool
+    port: int
+    #: listen on a free port when ``port`` is taken: only when the port was not asked for
+    fallback: bool
+    allow_kill: bool
 
-        killers = [asyncio.create_task(kill_later(i, s)) for i, s in kills]
+
+def _dashboard_options(port: str | None, off: bool, allow_kill: bool) -> _Dashboard:
+    if off:
+        if port is not None:
+            _die(f"--dashboard-port {port} and --no-dashboard contradict each other: drop one of them", 2)
+        return _Dashboard(enabled=False, port=0, fallback=False, allow_kill=allow_kill)
+    if port is None:
+        return _Dashboard(enabled=True, port=DASHBOARD_PORT, fallback=True, allow_kill=allow_kill)
+    number = int(port) if port.strip().isdigit() else -1
+    if not 0 <= number <= 65535:
+        _die(f"--dashboard-port {port!r} is not a TCP port: give 1..65535, or 0 for any free port", 2)
+    return _Dashboard(enabled=True, port=number, fallback=False, allow_kill=allow_kill)
+
+
+def _run_logging(ctx: click.Context, level: str | None, fmt: str | None, quiet: bool) -> _Logging:
+    """This run's log settings: ``run``'s own options win over the group's; ``--quiet`` alone means ERROR.
+
+    The workers the launcher starts log alike (it passes them the level and ``STASHFLOW_LOG_FORMAT``).
+    """
+    base = ctx.find_object(_Logging) or _Logging("WARNING", LOG_FORMATS[0], level_given=False)
+    if level is not None:
+        eff_level = _log_level(level, "--log-level")
+    else:
+        eff_level = "ERROR" if quiet and not base.level_given else base.level
+    eff_fmt = _log_format(fmt, "--log-format") if fmt is not None else base.fmt
+    if (eff_level, eff_fmt) != (base.level, base.fmt):
+        setup_logging(eff_level, eff_fmt)
+    return _Logging(eff_level, eff_fmt, level_given=level is not None or base.level_given)
+
+
+@dataclass
+class _LocalRun:
+    """``stashflow run``'s job on a coordinator in this process: its workers, ``--kill`` s and view."""
+
+    ref: JobRef
+    params: dict[str, str]
+    config: JobConfig
+    timeout: float | None
+    kills: list[tuple[str, float]]
+    spare_workers: int
+    logs: _Logging
+    dashboard: _Dashboard
+    #: None with --quiet
+    view: ProgressView | None
+    job_id: str | None = None
+
+    async def run(self) -> JobRun:
+        token = secrets.token_hex(16)  # only this run's workers can register
+        launcher = LocalLauncher(
+            log_level=self.logs.level, log_format=self.logs.fmt, token=token, spares=self.spare_workers
+        )
+        d = self.dashboard
+        coord = Coordinator(
+            port=d.port,
+            launcher=launcher,
+            gcs_delay_ms=self.config.gcs_delay_ms,
+            token=token,
+            dashboard=d.enabled,
+            allow_kill=d.allow_kill,
+            port_fallback=d.fallback,
+        )
         try:
-            await coord.wait(run.job_id, timeout)
-        except TimeoutError:
-            await coord.cancel(run.job_id)
-            run.error = f"timed out after {timeout} s (--timeout)"
-            run.state = "failed"
+            await coord.start()
+        except CoordinatorError as exc:
+            await coord.aclose()
+            if d.enabled and not d.fallback:
+                raise ParameterError(f"--dashboard-port {d.port}: {exc}") from None
+            raise
+        run: JobRun | None = None
+        try:
+            if d.enabled and self.view is not None:
+                kill = f"#token={token}" if d.allow_kill else ""  # the page's Kill button sends it
+                click.echo(f"stashflow: dashboard at {coord.url}/{kill}", err=True)
+                self.view.dashboard_url = f"{coord.url}/"
+            if self.view is not None:
+                self.view.start()  # before the workers start: they inherit its capture of the terminal
+            run = coord.submit(self.ref, self.params, self.config)
+            self.job_id = run.job_id
+            tasks = [asyncio.create_task(self._kill_later(coord, run, i, s)) for i, s in self.kills]
+            if self.view is not None:
+                tasks.append(asyncio.create_task(self.view.follow(coord.monitor, run.job_id)))
+            try:
+                await coord.wait(run.job_id, self.timeout)
+            except TimeoutError:
+                await coord.cancel(run.job_id)
+                run.error = f"timed out after {self.timeout} s (--timeout)"
+                run.state = "failed"
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+                    if isinstance(outcome, Exception):  # a bug of the view or of --kill: the job is fine
+                        log.error("stashflow run: a helper task failed: %r", outcome, exc_info=outcome)
+            return run
         finally:
-            for k in killers:
-                k.cancel()
-        return run
+            try:
+                await coord.aclose()  # the workers have exited: nothing writes to the view's capture
+            finally:
+                if self.view is not None:
+                    final = None
+                    if run is not None:
+                        coord.monitor.sample()  # the job's end, and the events up to it
+                        final = coord.monitor.view(run.job_id)
+                    self.view.stop(final)
+
+    async def _kill_later(self, coord: Coordinator, run: JobRun, instance: str, seconds: float) -> None:
+        while run.started_at is None and not run.done.is_set():
+            await asyncio.sleep(0.01)
+        if run.started_at is None:
+            return
+        await asyncio.sleep(max(0.0, run.started_at + seconds - time.time()))
+        try:
+            message = await coord.kill(run.job_id, instance)
+            if self.view is not None:
+                click.echo(f"stashflow: --kill {instance}@{seconds:g}: {message}", err=True)
+        except CoordinatorError as exc:
+            click.echo(f"stashflow: --kill {instance}@{seconds:g} skipped: {exc}", err=True)
 
 
 def _write_metrics(path: str, status: dict[str, Any]) -> None:
@@ -310,6 +527,13 @@ def _write_metrics(path: str, status: dict[str, Any]) -> None:
 @click.option(
     "--token", default=None, envvar="STASHFLOW_TOKEN", help="secret workers and clients must present"
 )
+@click.option("--no-dashboard", is_flag=True, help="serve no dashboard at --port")
+@click.option(
+    "--allow-kill",
+    is_flag=True,
+    envvar="STASHFLOW_ALLOW_KILL",
+    help="let the dashboard's Kill button (and POST /jobs/{id}/kill) kill an instance",
+)
 def coordinator(
     host: str,
     port: int,
@@ -317,8 +541,12 @@ def coordinator(
     gcs_delay_ms: float,
     heartbeat_timeout: float,
     token: str | None,
+    no_dashboard: bool,
+    allow_kill: bool,
 ) -> None:
-    """Run the coordinator (HTTP API, worker control, the GCS) until interrupted."""
+    """Run the coordinator (HTTP API, worker control, the GCS, the dashboard) until interrupted."""
+    if not 0 <= port <= 65535:
+        _die(f"--port {port} is not a TCP port: give 1..65535, or 0 for any free port", 2)
     if data_dir:
         os.makedirs(data_dir, exist_ok=True)
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
@@ -336,8 +564,15 @@ def coordinator(
             gcs_delay_ms=gcs_delay_ms,
             heartbeat_timeout=heartbeat_timeout,
             token=token,
+            dashboard=not no_dashboard,
+            allow_kill=allow_kill,
         ) as coord:
             click.echo(f"stashflow: coordinator at {coord.url}", err=True)
+            if not no_dashboard:
+                hint = " (the Kill button needs the token: add #token=<--token> to the address)"
+                click.echo(
+                    f"stashflow: dashboard at {coord.url}/{hint if allow_kill and token else ''}", err=True
+                )
             await asyncio.Event().wait()
 
     try:

@@ -9,8 +9,18 @@ HTTP API (aiohttp), JSON bodies:
 ``GET  /jobs``             every job's summary
 ``GET  /jobs/{id}``        status and per-instance metrics (see :meth:`JobRun.status`)
 ``POST /jobs/{id}/cancel`` cancel a running job
+``POST /jobs/{id}/kill``   ``{"instance": "count/1"}``: kill the process hosting that instance (a test of
+                           recovery); 403 unless the coordinator was started with ``allow_kill``
+``GET  /metrics``          every job's per-instance counters and gauges for Prometheus
+                           (:mod:`engine.prometheus`)
+``GET  /``, ``/api/...``   the dashboard (:mod:`engine.dashboard`), when started with ``dashboard``
 ``GET  /ws/worker``        the control websocket of workers (see :mod:`engine.worker`)
 =========================  ==========================================================================
+
+With a token, every endpoint needs it (``Authorization: Bearer``) but the read-only ones: ``/health``,
+``/metrics`` (Prometheus scrapes it, as Flink's reporters are scraped) and the dashboard's pages and
+views (like Flink's web UI). Killing from the dashboard needs the token too: ``stashflow run`` prints
+the dashboard's address with it in the fragment (never sent to the server but by the page's script).
 
 Job lifecycle: ``deploying`` (instances placed, workers load the job and open their input channels)
 -> ``running`` (every worker got the address table) -> ``finished`` | ``failed`` | ``canceled``.
@@ -31,6 +41,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from engine import dashboard as dashboard_ui
+from engine import prometheus
 from engine.codec import unpack
 from engine.config import JobConfig
 from engine.errors import CoordinatorError, JobDefinitionError, JobLoadError, ParameterError, ProtocolError
@@ -39,6 +51,7 @@ from engine.global_rollback import GlobalCheckpointCoordinator
 from engine.job_run import TERMINAL, JobRun, WorkerConn
 from engine.launcher import LocalLauncher
 from engine.loader import JobRef, load_job
+from engine.monitor import JobMonitor
 from engine.placement import Placement
 from engine.plan import Plan
 from engine.recovery import LineageCoordinator
@@ -62,9 +75,17 @@ class Coordinator:
         gcs_delay_ms: float = 0.0,
         heartbeat_timeout: float = 3.0,
         token: str | None = None,
+        dashboard: bool = False,
+        allow_kill: bool = False,
+        port_fallback: bool = False,
     ):
         self.host = host
         self.port = port
+        #: listen on any free port when ``port`` is taken (``stashflow run``'s default dashboard port)
+        self.port_fallback = port_fallback
+        #: serve the dashboard (``/``); ``allow_kill``: ``POST /jobs/{id}/kill`` (and its button) works
+        self.dashboard = dashboard
+        self.allow_kill = allow_kill
         self.launcher = launcher
         self.deploy_timeout = deploy_timeout
         self._own_data_dir = data_dir is None
@@ -81,7 +102,11 @@ class Coordinator:
         self.jobs: dict[str, JobRun] = {}
         self.workers: dict[str, WorkerConn] = {}
         self.placement = Placement(self)
+        #: rates, throughput history and failure timeline of every job (the dashboard's and the terminal's)
+        self.monitor = JobMonitor(self)
         self._runner: web.AppRunner | None = None
+        #: set when the coordinator begins to close: long-lived handlers (the dashboard's streams) end
+        self.closing = asyncio.Event()
         self._bg: set[asyncio.Task[Any]] = set()
         self.app = web.Application(middlewares=[self._authenticate])
         self.app.add_routes(
@@ -93,8 +118,17 @@ class Coordinator:
                 web.post("/jobs/{id}/cancel", self._h_cancel),
                 web.post("/jobs/{id}/kill", self._h_kill),
                 web.get("/ws/worker", self._h_worker),
+                *prometheus.routes(self),
+                *(dashboard_ui.routes(self) if dashboard else ()),
             ]
         )
+
+    def _is_public(self, request: web.Request) -> bool:
+        """The read-only endpoints anyone who can reach the coordinator may use (see the module doc)."""
+        if request.method not in ("GET", "HEAD"):
+            return False
+        path = request.path
+        return path in ("/health", "/metrics") or (self.dashboard and dashboard_ui.is_public(path))
 
     # -- authentication -------------------------------------------------------------------------------
 
@@ -102,7 +136,7 @@ class Coordinator:
     async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Every endpoint but ``/health`` needs the token: a stray client must not register as a worker
         (it would receive job code and channel secrets) nor submit, cancel or kill jobs."""
-        if self.token is None or request.path == "/health":
+        if self.token is None or self._is_public(request):
             response: web.StreamResponse = await handler(request)
             return response
         given = request.headers.get("Authorization", "")
@@ -135,16 +169,21 @@ class Coordinator:
         self.lineage = LineageCoordinator(self, self.gcs)
         self.checkpoints = GlobalCheckpointCoordinator(self, self.gcs)
         self._spawn(self._watch_heartbeats())
+        self._spawn(self.monitor.run())
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
         try:
-            await site.start()
+            await web.TCPSite(self._runner, self.host, self.port).start()
         except OSError as exc:
-            await self._runner.cleanup()
-            raise CoordinatorError(
-                f"coordinator cannot listen on {self.host}:{self.port}: {exc.strerror}; pick another --port"
-            ) from None
+            if not self.port_fallback:
+                await self._runner.cleanup()
+                raise CoordinatorError(
+                    f"coordinator cannot listen on {self.host}:{self.port}: {exc.strerror}; pick another port"
+                ) from None
+            log.warning("port %d on %s is taken (%s); listening on a free port instead",
+                        self.port, self.host, exc.strerror)  # fmt: skip
+            self.port = 0
+            await web.TCPSite(self._runner, self.host, 0).start()
         if self.port == 0:
             self.port = int(self._runner.addresses[0][1])
         log.info("coordinator listening on %s", self.url)
@@ -154,6 +193,7 @@ class Coordinator:
         return f"http://{self.host}:{self.port}"
 
     async def aclose(self) -> None:
+        self.closing.set()
         for job in self.jobs.values():
             if job.state not in TERMINAL:
                 await self.cancel(job.job_id)
@@ -185,6 +225,9 @@ class Coordinator:
             run.checkpoints = self.checkpoints
             self.checkpoints.watch(run)
         self.jobs[job_id] = run
+        log.info("job %s submitted: %d tasks, %d instances (--ft %s)", job_id, len(plan.tasks),
+                 len(plan.instances()), config.ft,
+                 extra={"job": job_id, "instances": len(plan.instances()), "ft": config.ft})  # fmt: skip
         self._spawn(self._deploy(run))
         return run
 
@@ -252,7 +295,9 @@ class Coordinator:
             addresses = {k: list(v) for k, v in run.addresses.items()}
             for wid in set(run.placement.values()):
                 await self.workers[wid].send({"type": "start", "job": run.job_id, "addresses": addresses})
-            log.info("job %s running: %d instances", run.job_id, len(run.placement))
+            log.info("job %s running: %d instances", run.job_id, len(run.placement),
+                     extra={"job": run.job_id, "instances": len(run.placement),
+                            "deploy_s": round(run.started_at - run.submitted_at, 3)})  # fmt: skip
 
     # -- what the lineage coordinator uses ----------------------------------------------------------
 
@@ -282,7 +327,9 @@ class Coordinator:
             try:
                 await run.checkpoints.rollback(run, inst, reason, incarnation)
             except Exception as exc:
-                log.exception("rollback after %s was lost failed", inst)
+                log.exception(
+                    "rollback after %s was lost failed", inst, extra={"job": run.job_id, "instance": inst}
+                )
                 await self._fail(
                     run, inst, f"instance {inst}: the job rollback failed: {type(exc).__name__}: {exc}"
                 )
@@ -297,7 +344,7 @@ class Coordinator:
         try:
             await run.lineage.recover(run, inst, reason, lambda i, payload: self._redeploy(run, i, payload))
         except Exception as exc:
-            log.exception("recovery of %s failed", inst)
+            log.exception("recovery of %s failed", inst, extra={"job": run.job_id, "instance": inst})
             await self._fail(run, inst, f"instance {inst}: recovery failed: {type(exc).__name__}: {exc}")
 
     async def _redeploy(self, run: JobRun, inst: str, payload: dict[str, Any]) -> None:
@@ -323,7 +370,8 @@ class Coordinator:
         run.kill_times[inst] = time.time()
         if self.launcher is not None and self.launcher.pid(job_id, inst) is not None:
             pid = self.launcher.kill(job_id, inst)
-            log.warning("job %s: killed instance %s (pid %d)", job_id, inst, pid)
+            log.warning("job %s: killed instance %s (pid %d)", job_id, inst, pid,
+                        extra={"job": job_id, "instance": inst, "worker_pid": pid})  # fmt: skip
             return f"killed {inst} (pid {pid})"
         await self.send_to_instance(run, inst, {"type": "kill", "job": job_id, "instance": inst})
         return f"killed {inst}"
@@ -337,7 +385,9 @@ class Coordinator:
             run.finished_at = time.time()
             await self._stop_job(run)  # lineage instances stay up for resends until the job ends
             run.done.set()
-            log.info("job %s finished in %.2f s", run.job_id, run.elapsed_s)
+            log.info("job %s finished in %.2f s", run.job_id, run.elapsed_s,
+                     extra={"job": run.job_id, "elapsed_s": round(run.elapsed_s, 3),
+                            "records": run.source_records()})  # fmt: skip
 
     async def _fail(self, run: JobRun, inst: str | None, error: str) -> None:
         if run.state in TERMINAL:
@@ -346,7 +396,9 @@ class Coordinator:
         run.error = error
         run.failed_instance = inst
         run.finished_at = time.time()
-        log.error("job %s failed: %s", run.job_id, error)
+        log.error("job %s failed: %s", run.job_id, error,
+                  extra={"job": run.job_id, "instance": inst, "elapsed_s": round(run.elapsed_s, 3),
+                         "records": run.source_records()})  # fmt: skip
         await self._stop_job(run)
         run.done.set()
 
@@ -357,6 +409,9 @@ class Coordinator:
         if run.state not in TERMINAL:
             run.state = "canceled"
             run.finished_at = time.time()
+            log.info("job %s canceled after %.2f s", run.job_id, run.elapsed_s,
+                     extra={"job": run.job_id, "elapsed_s": round(run.elapsed_s, 3),
+                            "records": run.source_records()})  # fmt: skip
             await self._stop_job(run)
             run.done.set()
         return run
@@ -381,7 +436,7 @@ class Coordinator:
         try:
             await self.gcs.drop_job(job_id)
         except Exception as exc:  # the job's result stands; only disk space is at stake
-            log.warning("job %s: could not drop its GCS state: %s", job_id, exc)
+            log.warning("job %s: could not drop its GCS state: %s", job_id, exc, extra={"job": job_id})
 
     def _release(self, run: JobRun) -> None:
         for w in self.workers.values():
@@ -399,7 +454,9 @@ class Coordinator:
             for conn in list(self.workers.values()):
                 if now - conn.last_seen > self.heartbeat_timeout and not conn.ws.closed:
                     log.warning("worker %s (pid %s) sent nothing for %.1f s (--heartbeat-timeout %.1f): declaring it dead",
-                                conn.worker_id, conn.pid, now - conn.last_seen, self.heartbeat_timeout)  # fmt: skip
+                                conn.worker_id, conn.pid, now - conn.last_seen, self.heartbeat_timeout,
+                                extra={"worker": conn.worker_id, "worker_pid": conn.pid,
+                                       "silent_s": round(now - conn.last_seen, 3)})  # fmt: skip
                     await conn.ws.close()
 
     async def _h_worker(self, request: web.Request) -> web.WebSocketResponse:
@@ -428,7 +485,9 @@ class Coordinator:
                         data.get("pid"),
                     )
                     self.workers[conn.worker_id] = conn
-                    log.info("worker %s registered (data %s, pid %s)", conn.worker_id, conn.address, conn.pid)
+                    log.info("worker %s registered (data %s, pid %s)", conn.worker_id, conn.address, conn.pid,
+                             extra={"worker": conn.worker_id, "worker_pid": conn.pid, "slots": conn.slots,
+                                    "pin": conn.pin})  # fmt: skip
                     async with self.placement.changed:
                         self.placement.changed.notify_all()
                 elif conn is not None:
@@ -507,6 +566,9 @@ class Coordinator:
             await self._fail(run, data.get("instance"), where + data["error"])
 
     async def _on_worker_lost(self, conn: WorkerConn) -> None:
+        log.info("worker %s (pid %s) disconnected, hosting %d instance(s)", conn.worker_id, conn.pid,
+                 len(conn.instances), extra={"worker": conn.worker_id, "worker_pid": conn.pid,
+                                             "instances": sorted(i for _, i in conn.instances)})  # fmt: skip
         if self.lineage is not None:
             self.lineage.on_worker_gone(conn.worker_id)
         for job_id, inst in sorted(conn.instances):
@@ -570,6 +632,12 @@ class Coordinator:
         return web.json_response(run.status())
 
     async def _h_kill(self, request: web.Request) -> web.Response:
+        if not self.allow_kill:
+            return web.json_response(
+                {"error": "killing instances is off on this coordinator; start it with --allow-kill "
+                          "(stashflow run --allow-kill, or stashflow coordinator --allow-kill)"},
+                status=403,
+            )  # fmt: skip
         try:
             body = await request.json()
             text = await self.kill(request.match_info["id"], str(body["instance"]))

@@ -311,6 +311,7 @@ class DataServer:
                 what,
                 peer,
                 old.peer,
+                extra={"job": job_id, "instance": cid.dst, "sender": cid.src},
             )
             old.transport.abort()
         writer.write(encode_frame(FrameKind.WELCOME, pack([credits, last_seq])))
@@ -352,6 +353,8 @@ class DataServer:
                     log.warning(
                         "data server %s: dropped connection from %s: channel %s of job %s: %s",
                         self._label, conn.peer, channel.channel_id, conn.job_id, exc,
+                        extra={"job": conn.job_id, "instance": channel.channel_id.dst,
+                               "sender": channel.channel_id.src},
                     )  # fmt: skip
                 break
             if channel._conn is not conn:  # replaced or unregistered: stop feeding the channel
@@ -368,7 +371,9 @@ class DataServer:
         )
         error.__cause__ = cause  # as if raised ``from`` it: the input gate raises this error
         if channel._conn is conn and not channel._eos:
-            log.warning("data server %s: %s", self._label, error)
+            log.warning("data server %s: %s", self._label, error, extra={
+                "job": conn.job_id, "instance": channel.channel_id.dst, "sender": channel.channel_id.src,
+            })  # fmt: skip
         return error
 
 

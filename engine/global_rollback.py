@@ -47,6 +47,8 @@ class _JobCheckpoints:
     epoch: int = 0
     next_id: int = 1
     complete: int | None = None
+    #: when ``complete`` became complete (wall clock)
+    completed_at: float | None = None
     #: checkpoint id -> instances that acknowledged it (in the current epoch)
     acks: dict[int, set[str]] = field(default_factory=dict)
     triggered_at: dict[int, float] = field(default_factory=dict)
@@ -94,6 +96,7 @@ class GlobalCheckpointCoordinator:
                     run.job_id,
                     cid,
                     self.timeout_s,
+                    extra={"job": run.job_id, "checkpoint_id": cid},
                 )
                 job.acks.pop(cid, None)
                 job.triggered_at.pop(cid, None)
@@ -140,12 +143,15 @@ class GlobalCheckpointCoordinator:
             for inst in run.plan.instances():
                 await self.gcs.mark_checkpoint_complete(run.job_id, inst, cid)
             job.complete = cid
+            job.completed_at = time.time()
             job.acks.pop(cid, None)
             began = job.triggered_at.pop(cid, None)
             if began is not None:
                 job.durations_ms.append((time.time() - began) * 1000)
                 del job.durations_ms[:-1000]
-        log.info("job %s: checkpoint %s complete", run.job_id, "final" if cid >= FINAL_CHECKPOINT else cid)
+        log.info("job %s: checkpoint %s complete", run.job_id, "final" if cid >= FINAL_CHECKPOINT else cid,
+                 extra={"job": run.job_id, "checkpoint_id": "final" if cid >= FINAL_CHECKPOINT else cid,
+                        "duration_ms": round(job.durations_ms[-1], 1) if began is not None else None})  # fmt: skip
         await self.coord.broadcast(
             run, {"type": "checkpoint_complete", "job": run.job_id, "instance": None, "checkpoint_id": cid}
         )
@@ -184,7 +190,10 @@ class GlobalCheckpointCoordinator:
                 )
             records[inst] = data
         log.warning("job %s: instance %s lost (%s); rolling every instance back to checkpoint %s (epoch %d)",
-                    run.job_id, lost, reason, cid, epoch)  # fmt: skip
+                    run.job_id, lost, reason, cid, epoch,
+                    extra={"job": run.job_id, "instance": lost, "reason": reason, "checkpoint_id": cid,
+                           "epoch": epoch, "instances": len(insts),
+                           "detected_s": round(detected - killed_at, 4) if killed_at else None})  # fmt: skip
         for inst in insts:
             why = reason if inst == lost else f"rolled back with the job: {lost} was lost"
             rec = InstanceRecovery(inst, epoch, killed_at, detected, why, checkpoint_id=cid)
@@ -245,13 +254,26 @@ class GlobalCheckpointCoordinator:
         recs = self.job(run.job_id).recoveries.get(msg["instance"])
         if recs and recs[-1].incarnation == int(msg.get("incarnation", 0)):
             recs[-1].live_at = float(msg["time"])
+            rec = recs[-1].to_dict()
+            # the lost instance's line shows at the default level; the others rolled back with it
+            log.log(logging.INFO if rec["reason"].startswith("rolled back with the job") else logging.WARNING,
+                    "job %s: instance %s live again %.3f s after the loss (epoch %d, from global checkpoint %s)",
+                    run.job_id, msg["instance"], rec["live_s"], rec["incarnation"], rec["checkpoint_id"],
+                    extra={"job": run.job_id, "instance": msg["instance"], "epoch": rec["incarnation"],
+                           "live_s": rec["live_s"], "detected_s": rec["detected_s"],
+                           "checkpoint_id": rec["checkpoint_id"], "reason": rec["reason"]})  # fmt: skip
 
     # -- metrics -----------------------------------------------------------------------------------
 
     def metrics(self, job_id: str, inst: str) -> dict[str, Any]:
         job = self.jobs.get(job_id)
         recs = job.recoveries.get(inst, []) if job else []
-        return {"restarts": len(recs), "recoveries": [r.to_dict() for r in recs]}
+        return {
+            "restarts": len(recs),
+            "recoveries": [r.to_dict() for r in recs],
+            # every instance's checkpoint is the global one: its age is the job's
+            "checkpoint_at": round(job.completed_at, 3) if job and job.completed_at else None,
+        }
 
     def summary(self, job_id: str) -> dict[str, Any]:
         job = self.jobs.get(job_id)

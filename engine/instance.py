@@ -150,6 +150,9 @@ class TaskInstance:
         self._side_ops = [(i, op) for i, op in enumerate(self.ops) if op.side is not None]
         self._input_of: list[int] | None = None  # channel index -> input of the first step
         self.reader: SourceReader | None = None
+        #: a bounded source's last ``(done, total)``: still reported once the reader is closed
+        self._progress: tuple[int, int] | None = None
+        self._progress_raised = False  # the reader's progress() raised once: not asked again
         #: last seq taken from each input channel: what a checkpoint records as consumed
         self.consumed: dict[int, int] = {}
         self.batches_in = 0
@@ -603,6 +606,23 @@ class TaskInstance:
             "timeline": self.stamp.timeline.drain(everything=done),
         }
 
+    def _source_progress(self) -> dict[str, Any]:
+        """A source's ``progress``: ``[done, total]`` of its reader (records, bytes: the reader's unit)."""
+        if self.reader is not None and not self._progress_raised:
+            try:
+                self._progress = self.reader.progress()
+            except Exception as exc:  # a statistics report must not fail: the heartbeat carries it
+                self._progress_raised = True
+                self._progress = None
+                log.warning(
+                    "%s: %s.progress() raised %s: %s; this source's progress is not shown",
+                    self.name, type(self.reader).__qualname__, type(exc).__name__, exc,
+                )  # fmt: skip
+        if self._progress is None:
+            return {}
+        done, total = self._progress
+        return {"progress": [int(done), int(total)]}
+
     def _event_time(self) -> dict[str, Any]:
         if self.input_watermarks is None and self._assigner is None:
             return {}
@@ -631,5 +651,10 @@ class TaskInstance:
             backpressure_s=backpressure,
             started_at=self.started_at,
             finished_at=self.finished_at,
-            extra={**self.ft.statistics(), **self._latency(), **self._event_time()},
+            extra={
+                **self.ft.statistics(),
+                **self._latency(),
+                **self._event_time(),
+                **self._source_progress(),
+            },
         )

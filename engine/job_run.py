@@ -124,10 +124,11 @@ class JobRun:
                 },
             )
 
-    def instance_metrics(self) -> dict[str, dict[str, Any]]:
+    def instance_metrics(self, detail: bool = True) -> dict[str, dict[str, Any]]:
         """Per step instance (chained steps too): records in/out and the task instance's counters.
 
-        Also, where they apply: ``timeline`` (sink steps) and ``gauges`` (lineage instances).
+        Also, where they apply and with ``detail`` (they grow with the run's length): ``timeline``
+        (sink steps) and ``gauges`` (lineage instances).
         """
         out: dict[str, dict[str, Any]] = {}
         for task in self.plan.tasks:
@@ -145,6 +146,7 @@ class JobRun:
                     counts = steps.get(sname, {})
                     out[sname] = {
                         "task": tname,
+                        "kind": step.kind,
                         "state": state,
                         "records_in": counts.get("records_in", 0),
                         "records_out": counts.get("records_out", 0),
@@ -158,6 +160,8 @@ class JobRun:
                     }
                     if step.kind == "window":  # records after every window they belong to was dropped
                         out[sname]["late"] = counts.get("late", 0)
+                    if not detail:
+                        continue
                     if step.kind == "sink" and tname in self.timelines:
                         out[sname]["timeline"] = self.timelines[tname].to_dict()
                     if tname in self.gauges:

@@ -14,6 +14,10 @@ instance's process from then on), and asks for a replacement (:meth:`replenish`)
 over. A spare hosts nothing, so it hears of no job end: :meth:`stop_spares` terminates the job's idle
 spares at once when the job ends.
 
+**Logs.** A worker process logs at the launcher's ``log_level`` in its ``log_format`` (by default
+those :func:`engine.logs.setup_logging` set in this process), to the stderr it shares with the
+coordinator's process; the level goes as ``--log-level``, the format as ``STASHFLOW_LOG_FORMAT``.
+
 The launcher only ever signals processes it started, by pid.
 """
 
@@ -25,6 +29,8 @@ import logging
 import os
 import signal
 import sys
+
+from engine import logs
 
 __all__ = ["SPARE_PREFIX", "LocalLauncher"]
 
@@ -41,7 +47,8 @@ class LocalLauncher:
         self,
         *,
         host: str = "127.0.0.1",
-        log_level: str = "WARNING",
+        log_level: str | None = None,
+        log_format: str | None = None,
         data_dir: str | None = None,
         token: str | None = None,
         spares: int = 1,
@@ -49,7 +56,9 @@ class LocalLauncher:
         if not isinstance(spares, int) or isinstance(spares, bool) or spares < 0:
             raise ValueError(f"spares must be an integer >= 0, got {spares!r}")
         self.host = host
+        #: the workers' log level and format; None: this process's (engine.logs), when a worker starts
         self.log_level = log_level
+        self.log_format = log_format
         self.data_dir = data_dir
         self.token = token
         #: idle spare workers kept per job that recovers (0: a restarted instance gets a new process)
@@ -81,7 +90,8 @@ class LocalLauncher:
     async def _start(self, url: str, job_id: str, inst: str) -> None:
         proc = await self._spawn(url, f"{job_id}:{inst}")
         self.procs[(job_id, inst)] = proc
-        log.debug("started worker pid %d for %s", proc.pid, inst)
+        log.debug("started worker pid %d for %s", proc.pid, inst,
+                  extra={"job": job_id, "instance": inst, "worker_pid": proc.pid})  # fmt: skip
 
     async def _spawn(self, url: str, pin: str) -> asyncio.subprocess.Process:
         env = dict(os.environ)
@@ -90,12 +100,13 @@ class LocalLauncher:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         if self.token:
             env["STASHFLOW_TOKEN"] = self.token  # in the environment, not on a command line `ps` shows
+        env["STASHFLOW_LOG_FORMAT"] = self.log_format or logs.current_format()
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "engine",
             "--log-level",
-            self.log_level,
+            self.log_level or logs.current_level(),
             "worker",
             "--coordinator",
             url,
@@ -143,13 +154,15 @@ class LocalLauncher:
         self._spares_starting[job_id] -= 1
         if spawn.cancelled() or spawn.exception() is not None:
             log.warning("job %s: could not start spare worker %s: %s", job_id, name,
-                        "cancelled" if spawn.cancelled() else spawn.exception())  # fmt: skip
+                        "cancelled" if spawn.cancelled() else spawn.exception(),
+                        extra={"job": job_id, "spare": name})  # fmt: skip
             return
         proc = spawn.result()
         self.spare_procs[(job_id, name)] = proc
         if job_id in self._ended:  # the job ended while the process was being created
             self._terminate(proc)
-        log.debug("started spare worker pid %d (%s) for job %s", proc.pid, name, job_id)
+        log.debug("started spare worker pid %d (%s) for job %s", proc.pid, name, job_id,
+                  extra={"job": job_id, "spare": name, "worker_pid": proc.pid})  # fmt: skip
 
     async def replenish(self, coordinator_url: str, job_id: str) -> None:
         """Start spares until ``job_id`` has ``spares`` idle ones again (none once the job ended)."""
@@ -168,7 +181,8 @@ class LocalLauncher:
         proc = self.spare_procs.pop((job_id, spare))
         self.procs[(job_id, inst)] = proc
         self.adopted.append((job_id, spare, inst, proc.pid))
-        log.info("job %s: spare worker %s (pid %d) hosts %s", job_id, spare, proc.pid, inst)
+        log.info("job %s: spare worker %s (pid %d) hosts %s", job_id, spare, proc.pid, inst,
+                 extra={"job": job_id, "instance": inst, "spare": spare, "worker_pid": proc.pid})  # fmt: skip
         return proc.pid
 
     def stop_spares(self, job_id: str) -> None:

@@ -249,7 +249,8 @@ class LineageSender(ChannelSender):
         if self.eos_sent:
             await self.channel.send_eos()
         log.info("%s: reconnected to %s at %s, resent %d batches after seq %d",
-                 self.channel_id.src, self.channel_id.dst, address, resent, holds)  # fmt: skip
+                 self.channel_id.src, self.channel_id.dst, address, resent, holds,
+                 extra={"receiver": self.channel_id.dst, "resent": resent, "after_seq": holds})  # fmt: skip
 
     async def send_eos(self) -> None:
         self.eos_sent = True
@@ -340,6 +341,9 @@ class LineageFT(SnapshottingFT):
     async def replay_done(self) -> None:
         self.replaying = False
         self.cursor = None
+        log.info("%s: replay done, live again (incarnation %d, %d batches replayed)", self.instance.name,
+                 self.incarnation, self.replayed_batches,
+                 extra={"incarnation": self.incarnation, "replayed_batches": self.replayed_batches})  # fmt: skip
         await self.services.send({
             "type": "recovered",
             "job": self.services.job_id,

@@ -98,7 +98,8 @@ class Placement:
             else:
                 self._repins[spare_pin] = pin
             log.info("job %s: instance %s restarts in spare worker %s (pid %d, %s)", job_id, inst, name,
-                     pid, "registered" if w is not None else "still starting")  # fmt: skip
+                     pid, "registered" if w is not None else "still starting",
+                     extra={"job": job_id, "instance": inst, "spare": name, "worker_pid": pid})  # fmt: skip
         return left
 
     async def replenish_spares(self, run: JobRun) -> None:
@@ -166,6 +167,9 @@ class Placement:
         run.placement[inst] = w.worker_id
         run.addresses[inst] = w.address
         w.instances.add((run.job_id, inst))
+        log.info("job %s: instance %s placed on worker %s (pid %s)", run.job_id, inst, w.worker_id, w.pid,
+                 extra={"job": run.job_id, "instance": inst, "worker": w.worker_id,
+                        "worker_pid": w.pid})  # fmt: skip
 
     # -- the spares' side of worker registration --------------------------------------------------------
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.causal_log import Determinant, decode, encode
-from engine.checkpoint import CheckpointRecord
+from engine.checkpoint import CheckpointRecord, checkpoint_name
 from engine.codec import pack
 from engine.errors import ProtocolError, short_repr
 from engine.gcs import GCS, GCSError
@@ -313,6 +313,9 @@ class LineageCoordinator:
                     continue
                 await self.gcs.mark_checkpoint_complete(run.job_id, inst, cid)
                 lineage.checkpointed_at[inst] = time.time()
+                log.debug("job %s: checkpoint %d of %s complete", run.job_id, cid, inst,
+                          extra={"job": run.job_id, "instance": inst, "checkpoint_id": cid,
+                                 "log_position": info["log_position"]})  # fmt: skip
             with contextlib.suppress(GCSError):
                 await self.gcs.prune_log(run.job_id, inst, info["log_position"])
             await self.coord.send_to_instance(
@@ -350,7 +353,9 @@ class LineageCoordinator:
             rec = InstanceRecovery(inst, incarnation, run.kill_times.pop(inst, None), detected, reason)
             lineage.recoveries.setdefault(inst, []).append(rec)
             log.warning("job %s: instance %s lost (%s); recovering it alone (incarnation %d)",
-                        run.job_id, inst, reason, incarnation)  # fmt: skip
+                        run.job_id, inst, reason, incarnation,
+                        extra={"job": run.job_id, "instance": inst, "reason": reason, "incarnation": incarnation,
+                               "detected_s": rec.to_dict()["detected_s"]})  # fmt: skip
             # 1. the latest complete checkpoint, if any: a first failure may come before one
             data = await self.gcs.latest_checkpoint(run.job_id, inst)
             record = CheckpointRecord.from_bytes(data) if data else None
@@ -367,9 +372,12 @@ class LineageCoordinator:
                 entries.extend(extra)
                 rec.from_stash = len(extra)
             rec.log_entries = len(entries)
-            log.info("job %s: %s restarts from checkpoint %s (log position %d, consumed %s) with %d log entries "
-                     "(%d from stashes)", run.job_id, inst, rec.checkpoint_id, start,
-                     record.consumed if record else {}, len(entries), rec.from_stash)  # fmt: skip
+            log.info("job %s: %s restarts from %s (log position %d, consumed %s) with %d log entries "
+                     "(%d from stashes)", run.job_id, inst, checkpoint_name(rec.checkpoint_id), start,
+                     record.consumed if record else {}, len(entries), rec.from_stash,
+                     extra={"job": run.job_id, "instance": inst, "incarnation": incarnation,
+                            "checkpoint_id": rec.checkpoint_id, "log_position": start,
+                            "log_entries": len(entries), "from_stashes": rec.from_stash})  # fmt: skip
             with contextlib.suppress(GCSError):
                 await self.gcs.discard_uncommitted(run.job_id, inst)
             payload = {
@@ -410,7 +418,8 @@ class LineageCoordinator:
             await asyncio.wait_for(asyncio.shield(done), self.stash_query_timeout)
         except TimeoutError:
             log.warning("job %s: %d worker(s) did not answer the stash query for %s in time",
-                        run.job_id, len(waiting), inst)  # fmt: skip
+                        run.job_id, len(waiting), inst,
+                        extra={"job": run.job_id, "instance": inst, "workers": sorted(waiting)})  # fmt: skip
         finally:
             del self._queries[qid]
         best: tuple[int, list[Determinant]] = (0, [])
@@ -440,7 +449,15 @@ class LineageCoordinator:
         if recs:
             recs[-1].live_at = float(msg["time"])
             recs[-1].replayed_batches = int(msg["replayed_batches"])
-            log.warning("job %s: instance %s live again: %s", run.job_id, msg["instance"], recs[-1].to_dict())
+            rec = recs[-1].to_dict()
+            log.warning("job %s: instance %s live again %.3f s after it was %s (incarnation %d, %d batches "
+                        "replayed from %s)", run.job_id, msg["instance"], rec["live_s"],
+                        "killed" if recs[-1].killed_at else "found lost", rec["incarnation"],
+                        rec["replayed_batches"], checkpoint_name(rec["checkpoint_id"]),
+                        extra={"job": run.job_id, "instance": msg["instance"], "incarnation": rec["incarnation"],
+                               "live_s": rec["live_s"], "detected_s": rec["detected_s"],
+                               "replayed_batches": rec["replayed_batches"], "log_entries": rec["log_entries"],
+                               "checkpoint_id": rec["checkpoint_id"], "reason": rec["reason"]})  # fmt: skip
 
     # -- metrics ------------------------------------------------------------------------------------
 

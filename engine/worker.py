@@ -37,10 +37,11 @@ from typing import Any
 
 import aiohttp
 
+from engine import logs
 from engine.causal_log import decode as decode_log
 from engine.causal_log import encode as encode_log
 from engine.channel import Address
-from engine.checkpoint import CheckpointRecord, CheckpointStore
+from engine.checkpoint import CheckpointRecord, CheckpointStore, checkpoint_name
 from engine.codec import pack, unpack
 from engine.config import JobConfig
 from engine.data_server import DataServer
@@ -48,6 +49,7 @@ from engine.errors import StashflowError
 from engine.fault_tolerance import FaultTolerance
 from engine.global_checkpoint import BarrierServices, CheckpointFT
 from engine.instance import InjectedCrash, TaskInstance
+from engine.launcher import SPARE_PREFIX
 from engine.lineage import LineageFT, LineageServices, Recovery, WalFT
 from engine.loader import JobRef, load_job
 from engine.plan import Plan
@@ -151,6 +153,11 @@ class Worker:
         connection drops cancels its instances and registers again. A pinned local-mode worker exits
         instead: its coordinator is gone for good.
         """
+        if self.pin is not None:
+            # a pinned worker is the process of one instance (or a spare, until one is deployed here):
+            # every line it logs is about that instance, whichever task logs it
+            job_id, _, inst = self.pin.partition(":")
+            logs.bind_process(job_id, None if inst.startswith(SPARE_PREFIX) else inst)
         bound = await self.server.start(("tcp", self.host, self.data_port))
         # peers connect to the advertised name (a container's service name), on the bound port
         self.data_address = ("tcp", self.advertise, int(bound[-1]))
@@ -184,6 +191,8 @@ class Worker:
             for job_id in list(self.jobs):
                 await self._cancel(job_id)
             await self.server.aclose()
+            if self.pin is not None:
+                logs.bind_process(None)
 
     async def _connect(self, session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
         url = self.coordinator_url + "/ws/worker"
@@ -321,7 +330,8 @@ class Worker:
             return
         await hosted.services.peer_moved(instance, address)
         for ft in hosted.lineage():
-            hosted.spawn(ft.on_peer_moved())
+            with logs.tagged(hosted.job_id, ft.instance.name):  # the task inherits the instance's tags
+                hosted.spawn(ft.on_peer_moved())
 
     async def _deploy(self, msg: dict[str, Any]) -> None:
         job_id = msg["job"]
@@ -349,13 +359,17 @@ class Worker:
             for name, address in (msg.get("addresses") or {}).items():
                 if hosted.services is not None:
                     hosted.services.addresses.setdefault(name, (0, tuple(address)))
+            if self.pin is not None and len(msg["instances"]) == 1:
+                logs.bind_process(job_id, msg["instances"][0])  # a spare hosts an instance from now on
             for name in msg["instances"]:
-                recovery = _recovery(recoveries.get(name))
-                inst = self._create_instance(hosted, name, recovery)
-                hosted.instances[name] = inst
-                inst.prepare(consumed=recovery.record.consumed if recovery and recovery.record else None)
+                with logs.tagged(job_id, name):
+                    recovery = _recovery(recoveries.get(name))
+                    inst = self._create_instance(hosted, name, recovery)
+                    hosted.instances[name] = inst
+                    inst.prepare(consumed=recovery.record.consumed if recovery and recovery.record else None)
+                    _log_deployed(self.worker_id, name, recovery)
         except Exception as exc:
-            log.exception("worker %s: deploying job %s failed", self.worker_id, job_id)
+            log.exception("worker %s: deploying job %s failed", self.worker_id, job_id, extra={"job": job_id})
             await self._send({"type": "failed", "job": job_id, "instance": None, "error": _one_line(exc)})
             return
         await self._send({"type": "deployed", "job": job_id, "instances": list(msg["instances"])})
@@ -408,6 +422,8 @@ class Worker:
     async def _run_instance(
         self, hosted: HostedJob, inst: TaskInstance, addresses: dict[str, Address]
     ) -> None:
+        # this task runs the instance: what it logs, and every task it creates, is tagged with it
+        logs.bind(hosted.job_id, inst.name)
         current = (
             {k: hosted.services.addresses.get(k, (0, v))[1] for k, v in addresses.items()}
             if hosted.services
@@ -444,6 +460,7 @@ class Worker:
             self._maybe_exit(hosted)
             return
         stats = inst.statistics().to_dict()  # before aclose(), which releases the channels it counts
+        _log_finished(inst.name, stats)
         await self._send({
             "type": "finished", "job": hosted.job_id, "instance": inst.name, "stats": stats,
             "incarnation": inst.ft.incarnation,
@@ -529,6 +546,30 @@ class Worker:
             await self._send(
                 {"type": "heartbeat", "worker": self.worker_id, "time": time.time(), "stats": stats}
             )
+
+
+def _log_deployed(worker_id: str, name: str, recovery: Recovery | None) -> None:
+    if recovery is None:
+        logs.event(log, "instance %s deployed on worker %s", name, worker_id, worker=worker_id)
+        return
+    checkpoint = recovery.record.checkpoint_id if recovery.record else None
+    logs.event(
+        log,
+        "instance %s deployed on worker %s (incarnation %d): restarts from %s, replays %d log entries",
+        name, worker_id, recovery.restarts, checkpoint_name(checkpoint),
+        len(recovery.entries),
+        worker=worker_id, incarnation=recovery.restarts, checkpoint_id=checkpoint,
+        log_entries=len(recovery.entries),
+    )  # fmt: skip
+
+
+def _log_finished(name: str, stats: dict[str, Any]) -> None:
+    started, finished = stats.get("started_at"), stats.get("finished_at")
+    elapsed = round(finished - started, 3) if started is not None and finished is not None else None
+    logs.event(
+        log, "instance %s finished", name,
+        elapsed_s=elapsed, batches_in=stats.get("batches_in"), batches_out=stats.get("batches_out"),
+    )  # fmt: skip
 
 
 def _one_line(exc: BaseException) -> str:
