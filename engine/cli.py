@@ -13,6 +13,7 @@ taken, unless ``--dashboard-port`` asked for it).
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import logging
 import os
@@ -279,6 +280,7 @@ def run(
     error: tuple[str, int] | None = None
     try:
         result = asyncio.run(local.run())
+        faulthandler.cancel_dump_traceback_later()  # shut down in time (LocalRun's watchdog)
     except StashflowError as exc:
         error = (str(exc), 2 if isinstance(exc, BAD_INPUT) else 1)
     except KeyboardInterrupt:

@@ -170,7 +170,9 @@ class Coordinator:
         self.checkpoints = GlobalCheckpointCoordinator(self, self.gcs)
         self._spawn(self._watch_heartbeats())
         self._spawn(self.monitor.run())
-        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        # at shutdown, handlers still open get this long to end (aiohttp's default is 60 s): the workers
+        # have exited by then and the dashboard's streams end when ``closing`` is set
+        self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
         try:
             await web.TCPSite(self._runner, self.host, self.port).start()

@@ -11,6 +11,7 @@ end, one per recovery; :func:`write_metrics` writes ``--metrics-out``. The comma
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import json
 import logging
 import os
@@ -33,6 +34,9 @@ from engine.progress import ProgressView
 __all__ = ["DashboardSettings", "LocalRun", "recovery_lines", "rollback_lines", "write_metrics"]
 
 log = logging.getLogger("stashflow.cli")
+
+#: seconds after the job's end after which a shutdown still going on dumps every thread's stack
+SHUTDOWN_WATCHDOG_S = 30.0
 
 
 def recovery_lines(status: dict[str, Any]) -> list[str]:
@@ -159,6 +163,9 @@ class LocalRun:
                 run.error = f"timed out after {self.timeout} s (--timeout)"
                 run.state = "failed"
             finally:
+                # the job is over: shutting down takes a few seconds at most. Should it hang, the
+                # stacks of every thread go to stderr after SHUTDOWN_WATCHDOG_S, to say where
+                faulthandler.dump_traceback_later(SHUTDOWN_WATCHDOG_S, exit=False)
                 for t in tasks:
                     t.cancel()
                 for outcome in await asyncio.gather(*tasks, return_exceptions=True):
