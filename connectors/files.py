@@ -425,14 +425,34 @@ class _FileWriter(SinkWriter):
             skipped = min(self._skip, len(records))
             self._skip -= skipped
             records = records[skipped:]
-        if not records:
-            return
+        if records:
+            self._write_lines(self._encode(records) + b"\n")
+
+    def prepare(self, records: Sequence[Any]) -> tuple[bytes, int]:
+        """The batch's lines, each ended by a newline, and how many there are (one per record)."""
+        return (self._encode(records) + b"\n" if records else b""), len(records)
+
+    def write_prepared(self, prepared: Any) -> None:
+        data, count = prepared
+        if self._skip:  # regenerated records already in the file: skip their lines
+            skipped = min(self._skip, count)
+            self._skip -= skipped
+            end = -1
+            for _ in range(skipped):
+                end = data.index(b"\n", end + 1)  # JSON escapes newlines: one per line
+            data = data[end + 1 :]
+        if data:
+            self._write_lines(data)
+
+    def _encode(self, records: Sequence[Any]) -> bytes:
         try:
-            data = b"\n".join(map(orjson.dumps, records))
+            return b"\n".join(map(orjson.dumps, records))
         except TypeError:  # orjson.JSONEncodeError is a TypeError
-            data = self._encode_slowly(records)
-        self._open().write(data + b"\n")
-        self._written += len(data) + 1
+            return self._encode_slowly(records)
+
+    def _write_lines(self, data: bytes) -> None:
+        self._open().write(data)
+        self._written += len(data)
 
     def _encode_slowly(self, records: Sequence[Any]) -> bytes:
         """A batch orjson refused: record by record, the refused ones by :mod:`json`."""

@@ -40,7 +40,8 @@ class CommitGate:
 
     def __init__(self, ft: LineageFT):
         self.ft = ft
-        self.held: deque[tuple[dict[str, int], SinkWriter, Sequence[Any], int | None]] = deque()
+        #: (frontier, writer, the batch as the writer prepared it, its records, ingest stamp)
+        self.held: deque[tuple[dict[str, int], SinkWriter, Any, int, int | None]] = deque()
         self.stamp: BatchStamp | None = None
         self.drained = asyncio.Event()
         self.drained.set()
@@ -57,7 +58,9 @@ class CommitGate:
             if stamp is not None:
                 stamp.written(ingest, len(records))
             return
-        self.held.append((frontier, writer, records, ingest))
+        # held encoded (SinkWriter.prepare): ~1000 live objects per held batch made the sink's garbage
+        # collector run on every batch and its records go cold before they were written
+        self.held.append((frontier, writer, writer.prepare(records), len(records), ingest))
         self.max_held = max(self.max_held, len(self.held))
         self.drained.clear()
         if len(self.held) >= self.LIMIT:
@@ -66,23 +69,28 @@ class CommitGate:
     def release(self) -> None:
         held, committed = self.held, self.ft.committed
         while held and Stash.satisfied(held[0][0], committed):
-            _, writer, records, ingest = held.popleft()
-            writer.write_batch(records)
+            _, writer, prepared, count, ingest = held.popleft()
+            writer.write_prepared(prepared)
             if self.stamp is not None:
-                self.stamp.written(ingest, len(records))
+                self.stamp.written(ingest, count)
         if len(held) < self.LIMIT:
             self.below_limit.set()
         if not held:
             self.drained.set()
 
-    def snapshot(self) -> list[tuple[dict[str, int], int, Sequence[Any]]]:
+    def snapshot(self) -> list[tuple[dict[str, int], int, Any, int]]:
         """Held batches belong to a checkpoint: they were processed before it but not yet written."""
         writers = {id(w): i for i, w in enumerate(self.ft.sink_writers())}
-        return [(f, writers[id(w)], r) for f, w, r, _ in self.held]
+        return [(f, writers[id(w)], p, n) for f, w, p, n, _ in self.held]
 
     def restore(self, held: Sequence[Any]) -> None:
         writers = self.ft.sink_writers()
-        for frontier, index, records in held:
-            self.held.append((dict(frontier), writers[index], records, None))
+        for item in held:
+            if len(item) == 3:  # saved before writers prepared held batches: (frontier, writer, records)
+                frontier, index, records = item
+                prepared, count = writers[index].prepare(records), len(records)
+            else:
+                frontier, index, prepared, count = item
+            self.held.append((dict(frontier), writers[index], prepared, int(count), None))
         if self.held:
             self.drained.clear()
