@@ -255,6 +255,8 @@ class LineageSender(ChannelSender):
     async def send_eos(self) -> None:
         self.eos_sent = True
         async with self._lock:
+            if self.channel.eos_sent:
+                return  # a resync to a restarted receiver, holding the lock before us, sent it already
             if not self._broken:
                 try:
                     await self.channel.send_eos()

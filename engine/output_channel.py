@@ -116,6 +116,11 @@ class OutputChannel:
         self._credit_task = asyncio.create_task(self._read_credits(), name=f"stashflow credits {channel_id}")
 
     @property
+    def eos_sent(self) -> bool:
+        """Whether this connection carried the end of stream (it accepts nothing more)."""
+        return self._eos_sent
+
+    @property
     def credits(self) -> int:
         """Batches that may be sent now without waiting."""
         return self._credits
