@@ -30,7 +30,10 @@ if TYPE_CHECKING:
     from engine.coordinator import Coordinator
     from engine.job_run import JobRun
 
-__all__ = ["JobMonitor"]
+__all__ = ["INSTANCE_STATES", "JobMonitor", "instance_state"]
+
+#: the states a step instance is shown in (dashboard, Prometheus' ``stashflow_instance_state``)
+INSTANCE_STATES = ("deploying", "running", "recovering", "replaying", "finished", "failed", "canceled")
 
 #: the per-instance figures a view carries as they are reported
 _COPIED = ("task", "worker", "records_in", "records_out", "restarts", "stash_bytes", "stash_entries",
@@ -186,13 +189,7 @@ class JobMonitor:
         for name, m in run.instance_metrics(detail=False).items():
             step, _, index = name.rpartition("/")
             rin, rout, bp = track.rates.get(name, (0.0, 0.0, 0.0))
-            state = m["state"]
-            if state == "running" and m.get("replaying"):
-                state = "replaying"
-            if run.state in TERMINAL and state not in ("finished", "failed"):
-                state = (
-                    "failed" if run.state == "failed" else "finished" if run.state == "finished" else state
-                )
+            state = instance_state(run, m)
             checkpoint_at = m.get("checkpoint_at")
             instances[name] = {
                 "step": step,
@@ -233,3 +230,19 @@ class JobMonitor:
 def _delta(value: float, before: float) -> float:
     """Counted since the previous sample; a counter that went down was restarted from zero."""
     return value if value < before else value - before
+
+
+def instance_state(run: JobRun, metrics: dict[str, Any]) -> str:
+    """One of :data:`INSTANCE_STATES`: the state a step instance's ``metrics`` report, as shown.
+
+    Replaying while running is shown as such; created, deployed or not yet reported is deploying; once
+    the job is over, an instance that did not finish or fail itself takes the job's end state.
+    """
+    state = str(metrics["state"])
+    if state == "running" and metrics.get("replaying"):
+        state = "replaying"
+    elif state in ("created", "deployed", "unknown"):  # started or placed, not running yet
+        state = "deploying"
+    if run.state in TERMINAL and state not in ("finished", "failed"):
+        state = run.state  # what the job's end made of it
+    return state if state in INSTANCE_STATES else "deploying"

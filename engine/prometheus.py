@@ -118,6 +118,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from engine.event_time import MAX_WATERMARK
 from engine.job_run import TERMINAL
+from engine.monitor import INSTANCE_STATES, instance_state
 
 if TYPE_CHECKING:
     from engine.coordinator import Coordinator
@@ -129,8 +130,6 @@ log = logging.getLogger("stashflow.prometheus")
 
 #: the values of ``stashflow_jobs{state}`` and ``stashflow_job_state{state}``
 JOB_STATES = ("deploying", "running", "finished", "failed", "canceled")
-#: the values of ``stashflow_instance_state{state}`` (the dashboard's, and ``canceled``)
-INSTANCE_STATES = ("deploying", "running", "recovering", "replaying", "finished", "failed", "canceled")
 
 _JOB = ("job_id", "job_name")
 _INSTANCE = (*_JOB, "step", "instance", "task")
@@ -293,7 +292,7 @@ def _collect_job(f: _Families, run: JobRun, now: float) -> None:
         f.records_out.add_metric(labels, m["records_out"])
         if "late" in m:  # window steps only
             f.late.add_metric(labels, m["late"])
-        state = _instance_state(run, m)
+        state = instance_state(run, m)
         for s in INSTANCE_STATES:
             f.instance_state.add_metric([*labels, s], 1.0 if s == state else 0.0)
         latency = m.get("latency")
@@ -327,18 +326,6 @@ def _collect_task(
     watermark = m.get("watermark")
     if watermark is not None:
         f.watermark.add_metric(labels, math.inf if watermark >= MAX_WATERMARK else watermark / 1000)
-
-
-def _instance_state(run: JobRun, m: dict[str, Any]) -> str:
-    """One of :data:`INSTANCE_STATES`, as the dashboard shows it (:meth:`engine.monitor.JobMonitor.view`)."""
-    state = str(m["state"])
-    if state == "running" and m.get("replaying"):
-        state = "replaying"
-    elif state in ("created", "deployed", "unknown"):  # started or placed, not running yet
-        state = "deploying"
-    if run.state in TERMINAL and state not in ("finished", "failed"):
-        state = run.state  # what the job's end made of it
-    return state if state in INSTANCE_STATES else "deploying"
 
 
 def registry(coord: Coordinator) -> CollectorRegistry:
