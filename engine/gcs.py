@@ -73,6 +73,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
 
 from engine.errors import StashflowError
+from engine.gcs_index import MAX_POSITION, InstanceIndex
 
 __all__ = ["GCS", "GCSError", "LogConflictError"]
 
@@ -85,7 +86,6 @@ OP_PUT, OP_DELETE, OP_DELETE_RANGE = 0, 1, 2
 #: ``(kind, key, value)``; for ``OP_DELETE_RANGE``: ``(kind, first key, first key past the range)``.
 Op = tuple[int, bytes, bytes]
 
-_MAX = 10**20 - 1  # positions and checkpoint ids are 20 decimal digits in keys
 _JOB = re.compile(r"[A-Za-z0-9_.-]+")
 _INSTANCE = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
 
@@ -111,52 +111,6 @@ def _who(job: str, instance: str) -> str:
 
 
 @dataclass(eq=False, slots=True)
-class _Instance:
-    """The in-memory index of one instance: what is stored, what is committed, which checkpoints exist."""
-
-    base: int = 0  # positions below base were pruned
-    reach: int = 0  # where `committed` will be once every write applied so far is acknowledged
-    committed: int = 0  # acknowledged: every position below it is durable and was reported so
-    segments: list[tuple[int, int]] = field(default_factory=list)  # stored (start, end), sorted
-    checkpoints: list[int] = field(default_factory=list)  # acknowledged ids >= `complete`, sorted
-    complete: int | None = None  # id of the latest complete checkpoint (acknowledged)
-
-    def extend(self, start: int, end: int) -> None:
-        """Advance ``reach`` after ``[start, end)`` was added to ``segments``."""
-        if start > self.reach or end <= self.reach:
-            return
-        previous, self.reach = self.reach, end
-        # pending segments start after the old reach; those the longer run now touches join it
-        i = bisect.bisect_right(self.segments, (previous, _MAX + 1))
-        while i < len(self.segments) and self.segments[i][0] <= self.reach:
-            self.reach = max(self.reach, self.segments[i][1])
-            i += 1
-
-    def chain(self, start: int) -> list[tuple[int, int]] | None:
-        """The fewest committed segments covering ``[start, committed)``; ``None`` on a hole (a bug)."""
-        chain: list[tuple[int, int]] = []
-        position, i, segments = start, 0, self.segments
-        while position < self.committed:
-            best: tuple[int, int] | None = None  # of those starting at or before `position`, the longest
-            while i < len(segments) and segments[i][0] <= position:
-                s, e = segments[i]
-                if position < e <= self.committed and (best is None or e > best[1]):
-                    best = (s, e)
-                i += 1
-            if best is None:
-                return None
-            chain.append(best)
-            position = best[1]
-        return chain
-
-    def remove(self, drop: Callable[[int, int], bool]) -> list[tuple[int, int]]:
-        """Remove the segments for which ``drop(start, end)`` holds; return them."""
-        dropped = [seg for seg in self.segments if drop(*seg)]
-        self.segments = [seg for seg in self.segments if not drop(*seg)]
-        return dropped
-
-
-@dataclass(eq=False, slots=True)
 class _Request:
     # runs in the writer task, in queue order: validates, adds ops to the group, updates the index,
     # and returns the function that makes the result once the group is acknowledged
@@ -169,7 +123,7 @@ class _Request:
 class _Group:
     ops: list[Op] = field(default_factory=list)
     log_puts: dict[bytes, bytes] = field(default_factory=dict)  # for conflict checks within the group
-    touched: dict[_Instance, int] = field(default_factory=dict)  # reach of each log after the group
+    touched: dict[InstanceIndex, int] = field(default_factory=dict)  # reach of each log after the group
     requests: list[_Request] = field(default_factory=list)
 
     def put(self, key: bytes, value: bytes) -> None:
@@ -196,7 +150,7 @@ class GCS(abc.ABC):
         self._where = where
         self._delay = delay_ms / 1000.0
         self._max_group = max_group
-        self._logs: dict[str, dict[str, _Instance]] = {}
+        self._logs: dict[str, dict[str, InstanceIndex]] = {}
         self._jobs: set[str] = set()
         self._names: set[tuple[str, str]] = set()  # (job, instance) pairs already validated
         self._queue: collections.deque[_Request] = collections.deque()
@@ -262,7 +216,7 @@ class GCS(abc.ABC):
             return done
 
         async def apply(group: _Group) -> Callable[[], list[int | Exception]]:
-            added: list[_Instance | Exception] = []
+            added: list[InstanceIndex | Exception] = []
             for item in checked:
                 if isinstance(item, Exception):
                     added.append(item)
@@ -375,9 +329,9 @@ class GCS(abc.ABC):
             GCSError: the id is not newer than the latest complete checkpoint.
         """
         self._check_name(job, instance)
-        if not 0 <= checkpoint_id <= _MAX:
+        if not 0 <= checkpoint_id <= MAX_POSITION:
             raise GCSError(
-                f"put_checkpoint for {_who(job, instance)}: checkpoint id {checkpoint_id!r} is not in 0..{_MAX}"
+                f"put_checkpoint for {_who(job, instance)}: checkpoint id {checkpoint_id!r} is not in 0..{MAX_POSITION}"
             )
         data = bytes(record)
 
@@ -598,16 +552,16 @@ class GCS(abc.ABC):
     ) -> tuple[str, int, int, bytes]:
         """Check a causal-log segment before it is queued: ``(instance, start, end, data)``."""
         self._check_name(job, instance)
-        if start < 0 or count < 1 or start + count > _MAX:
+        if start < 0 or count < 1 or start + count > MAX_POSITION:
             raise GCSError(
                 f"append_log for {_who(job, instance)}: bad span start={start!r} count={count!r}; need "
-                f"start >= 0, count >= 1 and start + count <= {_MAX}"
+                f"start >= 0, count >= 1 and start + count <= {MAX_POSITION}"
             )
         return instance, start, start + count, bytes(entries)
 
     async def _add_segment(
         self, group: _Group, job: str, instance: str, start: int, end: int, data: bytes
-    ) -> _Instance:
+    ) -> InstanceIndex:
         """Add a checked segment to ``group`` and to the index (in the writer task); return its log.
 
         Raises :class:`LogConflictError` before touching either.
@@ -632,11 +586,11 @@ class GCS(abc.ABC):
         group.touched[state] = state.reach
         return state
 
-    def _state(self, job: str, instance: str) -> _Instance:
+    def _state(self, job: str, instance: str) -> InstanceIndex:
         instances = self._logs.setdefault(job, {})
         state = instances.get(instance)
         if state is None:
-            state = instances[instance] = _Instance()
+            state = instances[instance] = InstanceIndex()
         return state
 
     async def _submit(self, apply: Callable[[_Group], Awaitable[Callable[[], T]]]) -> T:
