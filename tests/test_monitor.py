@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import ROOT
 
 from engine.config import JobConfig
@@ -152,7 +153,14 @@ async def test_a_killed_instance_shows_on_the_timeline_of_a_real_run(tmp_path: P
 
         tasks = [asyncio.create_task(kill_later()), asyncio.create_task(watch())]
         try:
-            await coord.wait(run.job_id, 90)
+            await coord.wait(run.job_id, 60)
+        except TimeoutError:  # say where it stands (this hung once after the recovery, 2026-12-04)
+            states = {
+                n: (m["state"], m["records_in"], m["records_out"]) for n, m in run.instance_metrics().items()
+            }
+            pytest.fail(
+                f"job {run.state} 60 s after its start: {states}; events {coord.monitor.view(run.job_id)}"
+            )
         finally:
             for t in tasks:
                 t.cancel()
