@@ -30,6 +30,7 @@ from click.core import ParameterSource
 from engine import allocator
 from engine.config import FT_MODES, JobConfig
 from engine.coordinator import Coordinator
+from engine.diagnostics import with_stack_dumps
 from engine.errors import CoordinatorError, JobDefinitionError, JobLoadError, ParameterError, StashflowError
 from engine.loader import JobRef, load_job, parse_params
 from engine.local_run import DashboardSettings, LocalRun, recovery_lines, write_metrics
@@ -279,7 +280,7 @@ def run(
     )
     error: tuple[str, int] | None = None
     try:
-        result = asyncio.run(local.run())
+        result = asyncio.run(with_stack_dumps(local.run()))
         faulthandler.cancel_dump_traceback_later()  # shut down in time (LocalRun's watchdog)
     except StashflowError as exc:
         error = (str(exc), 2 if isinstance(exc, BAD_INPUT) else 1)
@@ -403,7 +404,7 @@ def coordinator(
             await asyncio.Event().wait()
 
     try:
-        asyncio.run(serve())
+        asyncio.run(with_stack_dumps(serve()))
     except KeyboardInterrupt:
         pass
     except CoordinatorError as exc:
@@ -444,7 +445,7 @@ def worker(url: str, slots: int, **options: Any) -> None:
     if slots < 1:
         _die(f"--slots must be at least 1, got {slots}", 2)
     try:
-        asyncio.run(Worker(url, slots=slots, **options).run())
+        asyncio.run(with_stack_dumps(Worker(url, slots=slots, **options).run()))
     except KeyboardInterrupt:
         pass
     except StashflowError as exc:

@@ -8,6 +8,9 @@ timeline the dashboard and the terminal show. Processes: the launcher's workers,
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from support import ROOT
 
 from engine.config import JobConfig
 from engine.coordinator import Coordinator
+from engine.diagnostics import dump_tasks
 from engine.job_run import JobRun
 from engine.launcher import LocalLauncher
 from engine.loader import JobRef, load_job
@@ -128,6 +132,16 @@ def test_no_such_job_has_no_view():
     assert JobMonitor(FakeCoordinator()).view("nope") is None  # type: ignore[arg-type]
 
 
+async def dump_stacks(launcher: LocalLauncher) -> None:
+    """Every asyncio task's stack, here and in each worker this test started (SIGUSR1, by pid)."""
+    dump_tasks()
+    for proc in [*launcher.procs.values(), *launcher.spare_procs.values()]:
+        if proc.returncode is None:
+            print(f"--- worker pid {proc.pid} ---", file=sys.stderr, flush=True)
+            os.kill(proc.pid, signal.SIGUSR1)
+    await asyncio.sleep(1.0)
+
+
 async def test_a_killed_instance_shows_on_the_timeline_of_a_real_run(tmp_path: Path):
     token = "monitor-test-token"
     launcher = LocalLauncher(token=token, spares=1)
@@ -154,10 +168,12 @@ async def test_a_killed_instance_shows_on_the_timeline_of_a_real_run(tmp_path: P
         tasks = [asyncio.create_task(kill_later()), asyncio.create_task(watch())]
         try:
             await coord.wait(run.job_id, 60)
-        except TimeoutError:  # say where it stands (this hung once after the recovery, 2026-12-04)
+        except TimeoutError:  # say where it stands (this hung twice in 40 runs under load, 2026-12-04)
             states = {
                 n: (m["state"], m["records_in"], m["records_out"]) for n, m in run.instance_metrics().items()
             }
+            print(f"job {run.state} 60 s after its start: {states}", file=sys.stderr, flush=True)
+            await dump_stacks(launcher)
             pytest.fail(
                 f"job {run.state} 60 s after its start: {states}; events {coord.monitor.view(run.job_id)}"
             )
