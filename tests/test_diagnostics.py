@@ -14,7 +14,16 @@ from support import ROOT
 def test_sigusr1_makes_a_worker_print_its_tasks_and_go_on() -> None:
     # a worker whose coordinator is not there yet: it keeps retrying, its loop alive
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", "worker", "--coordinator", "http://127.0.0.1:9", "--connect-timeout", "20"],
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "worker",
+            "--coordinator",
+            "http://127.0.0.1:9",
+            "--connect-timeout",
+            "20",
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
