@@ -132,13 +132,17 @@ def test_no_such_job_has_no_view():
     assert JobMonitor(FakeCoordinator()).view("nope") is None  # type: ignore[arg-type]
 
 
-async def dump_stacks(launcher: LocalLauncher) -> None:
+def signal_workers(launcher: LocalLauncher) -> None:
     """Every asyncio task's stack, here and in each worker this test started (SIGUSR1, by pid)."""
     dump_tasks()
     for proc in [*launcher.procs.values(), *launcher.spare_procs.values()]:
         if proc.returncode is None:
             print(f"--- worker pid {proc.pid} ---", file=sys.stderr, flush=True)
             os.kill(proc.pid, signal.SIGUSR1)
+
+
+async def dump_stacks(launcher: LocalLauncher) -> None:
+    signal_workers(launcher)
     await asyncio.sleep(1.0)
 
 
@@ -148,6 +152,9 @@ async def test_a_killed_instance_shows_on_the_timeline_of_a_real_run(tmp_path: P
     params = {"sentences": "24000", "rate": "6000", "output": str(tmp_path / "out")}
     config = JobConfig(parallelism=2, ft="lineage", checkpoint_interval=0.3)
     views: list[dict[str, Any]] = []
+    # the job ended and yet the test hung until pytest-timeout, 3 times in 80 runs under load: if it
+    # hangs again, say where every task waits, in this process and in the workers, before the timeout
+    watchdog = asyncio.get_running_loop().call_later(100, signal_workers, launcher)
     async with Coordinator(port=0, launcher=launcher, token=token) as coord:
         coord.monitor.interval_s = 0.2
         run = coord.submit(JobRef.parse(str(JOB)), params, config)
@@ -183,6 +190,8 @@ async def test_a_killed_instance_shows_on_the_timeline_of_a_real_run(tmp_path: P
             await asyncio.gather(*tasks, return_exceptions=True)
         coord.monitor.sample()  # the round after the end (the background one may not have come yet)
         final = coord.monitor.view(run.job_id)
+        print(f"job {run.state} after {run.elapsed_s:.1f} s; closing the coordinator", file=sys.stderr)
+    watchdog.cancel()
     assert run.state == "finished", run.error
     assert final is not None
     victim = task_of(run, "count", 1)
