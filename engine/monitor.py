@@ -81,8 +81,12 @@ class JobMonitor:
 
     async def changed(self, timeout: float | None = None) -> None:
         """Wait for the next sample round (or ``timeout`` seconds)."""
+        # asyncio.timeout, not wait_for: no inner task for Event.wait(), which a loop closing before
+        # it ran left "never awaited" (a RuntimeWarning that failed a test run at exit)
+        tick = self._tick
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._tick.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await tick.wait()
 
     def sample(self, now: float | None = None) -> None:
         """Take one sample of every job (jobs that ended are sampled one last time, then kept as they are)."""
