@@ -248,7 +248,9 @@ class CheckpointStore:
         """Checkpoint every step's state of ``instance``; return the record's ``state_dirs``.
 
         The RocksDB checkpoints are made in ``chk-<id>.partial`` and renamed to ``chk-<id>`` once
-        all are done, so a ``chk-<id>`` directory is always whole. Call it between two batches.
+        all are done, so a ``chk-<id>`` directory is always whole. Call it between two batches, or
+        with every state frozen at one (:meth:`KeyedState.freeze`): then it may run on a thread
+        while the instance goes on, and it leaves the states frozen.
 
         Raises:
             StateError: ``chk-<id>`` already exists (ids are never reused: see
@@ -270,7 +272,10 @@ class CheckpointStore:
             _check_component("step", step)
         try:
             for step, state in states.items():
-                state.checkpoint(os.path.join(staging, step))
+                if state.frozen:
+                    state.write_checkpoint(os.path.join(staging, step))
+                else:
+                    state.checkpoint(os.path.join(staging, step))
             os.makedirs(staging, exist_ok=True)  # an instance without keyed state still gets the directory
             os.rename(staging, final)
             _fsync_dir(directory)  # the record about to enter the GCS must not outlive the rename
@@ -281,8 +286,15 @@ class CheckpointStore:
                     f"checkpoint {checkpoint_id} of instance {instance} into {final} failed: {exc}; {_FIX}"
                 ) from exc
             raise
+        return self.state_dirs(job_id, instance, checkpoint_id, states)
+
+    def state_dirs(
+        self, job_id: str, instance: str, checkpoint_id: int, steps: Iterable[str]
+    ) -> dict[str, str]:
+        """The ``state_dirs`` that :meth:`take` returns for these steps, known before it runs."""
+        final = os.path.join(self.instance_dir(job_id, instance), f"chk-{checkpoint_id}")
         prefix = os.path.relpath(final, os.path.join(self.root, job_id))
-        return {step: os.path.join(prefix, step) for step in states}
+        return {step: os.path.join(prefix, step) for step in steps}
 
     def discard_before(self, job_id: str, instance: str, checkpoint_id: int) -> list[int]:
         """Delete the checkpoints of ``instance`` older than ``checkpoint_id``; return their ids.

@@ -186,7 +186,6 @@ class CheckpointFT(SnapshottingFT):
         self.arrived: set[int] = set()  # inputs whose barrier ``aligning`` came
         self.final_complete = asyncio.Event()
         self.checkpoints_taken = 0
-        self.checkpoint_ms: float | None = None
         self.alignment_s = 0.0
         self._aligning_since = 0.0
 
@@ -218,6 +217,7 @@ class CheckpointFT(SnapshottingFT):
         """End of input: take the final checkpoint; a sink writes its output once that is complete."""
         if not self.input_done:
             await self._snapshot(FINAL_CHECKPOINT + self.incarnation)
+            await self.wait_snapshot()  # its acknowledgement is sent before the instance closes
         if self.sink_writers():
             await self.final_complete.wait()
             for writer in self.sink_writers():
@@ -231,6 +231,7 @@ class CheckpointFT(SnapshottingFT):
             self.triggered = checkpoint_id
 
     async def between_batches(self) -> None:
+        self.check_snapshot()
         if self.triggered is not None:
             checkpoint_id, self.triggered = self.triggered, None
             await self._snapshot(checkpoint_id)
@@ -270,27 +271,33 @@ class CheckpointFT(SnapshottingFT):
         self.instance.gate.unblock()
 
     async def _snapshot(self, checkpoint_id: int) -> None:
-        """Snapshot this instance for ``checkpoint_id``, forward the barrier, acknowledge."""
+        """Snapshot this instance for ``checkpoint_id``, forward the barrier; acknowledge once written.
+
+        The snapshot is written on a thread (:meth:`snapshot_in_background`) while the barrier goes on
+        downstream and this instance processes what follows it, as Flink's asynchronous snapshots do.
+        """
         inst = self.instance
-        began = time.perf_counter()
+        await self.wait_snapshot()  # the last one's state is frozen until it is written
         await inst.flush_for_checkpoint()  # everything before the barrier goes out before it
         self.gate.seal(checkpoint_id)
-        state_dirs = self.take_state(checkpoint_id)
-        self.save_held(checkpoint_id, self.gate.snapshot())
         record = CheckpointRecord(
             instance=inst.name,
             checkpoint_id=checkpoint_id,
             log_position=0,
             source_offset=inst.reader.offset() if inst.reader is not None else None,
             operators=self.snapshot_operators(),
-            state_dirs=state_dirs,
+            state_dirs=self.state_dirs(checkpoint_id),
+        ).to_bytes()  # encoded now: operators' snapshots may share objects the next batches change
+        self.snapshot_in_background(
+            checkpoint_id, self.gate.snapshot(), {}, lambda: self._acknowledge(checkpoint_id, record)
         )
         if checkpoint_id < FINAL_CHECKPOINT:  # the end of stream that follows is the final barrier
             for sender in self.senders:
                 await sender.send_barrier(checkpoint_id)
+
+    async def _acknowledge(self, checkpoint_id: int, record: bytes) -> None:
         self.checkpoints_taken += 1
-        self.checkpoint_ms = (time.perf_counter() - began) * 1000
-        await self._send({"type": "barrier_ack", "checkpoint_id": checkpoint_id, "record": record.to_bytes()})
+        await self._send({"type": "barrier_ack", "checkpoint_id": checkpoint_id, "record": record})
 
     async def _send(self, message: dict[str, Any]) -> None:
         services = self.services
@@ -319,6 +326,7 @@ class CheckpointFT(SnapshottingFT):
             "ft": "checkpoint",
             "checkpoints": self.checkpoints_taken,
             "checkpoint_ms": self.checkpoint_ms,
+            "checkpoint_async_ms": self.checkpoint_async_ms,
             "alignment_s": round(self.alignment_s, 4),
             "held_sink_records": self.gate.held_records,
         }

@@ -51,7 +51,7 @@ from engine.causal_log import (
 )
 from engine.channel import Address, ChannelId
 from engine.checkpoint import CheckpointRecord, CheckpointStore
-from engine.codec import FRAME_HEADER_BYTES, Batch, decode_batch, encode_batch, pack, unpack
+from engine.codec import FRAME_HEADER_BYTES, Batch, decode_batch, encode_batch, unpack
 from engine.commit_gate import CommitGate
 from engine.errors import ChannelBroken, ChannelError, ProtocolError
 from engine.fault_tolerance import ChannelSender
@@ -66,6 +66,8 @@ if TYPE_CHECKING:
 __all__ = ["LineageFT", "LineageSender", "LineageServices", "Recovery", "WalFT"]
 
 log = logging.getLogger("stashflow.lineage")
+
+_OUTPUT_LOGS = "output-logs.msgpack"  # a checkpoint's file of the frames its receivers may ask again
 
 
 @dataclass
@@ -315,7 +317,6 @@ class LineageFT(SnapshottingFT):
         self.delta_bytes = 0
         self.frames_sent = 0
         self.checkpoints_taken = 0
-        self.checkpoint_ms: float | None = None
         self._log_dirty = asyncio.Event()
         self._committed_changed = asyncio.Event()
         self.commit_wait_s = 0.0  # time the loop spent waiting for the GCS (write-first only)
@@ -356,6 +357,7 @@ class LineageFT(SnapshottingFT):
 
     async def finish(self) -> None:
         """End of input: wait until every held sink batch is released, then flush the writers again."""
+        self.check_snapshot()
         self._log_dirty.set()
         await self.gate.drained.wait()
         for writer in self.sink_writers():
@@ -372,6 +374,7 @@ class LineageFT(SnapshottingFT):
                 sender._resyncing.cancel()
         for outlog in self.outlogs.values():
             outlog.close()
+        await super().aclose()  # a snapshot in flight: its thread ends before the state closes
 
     # -- nondeterministic events --------------------------------------------------------------------
 
@@ -499,34 +502,38 @@ class LineageFT(SnapshottingFT):
         return [(int(seq), bytes(frame)) for seq, frame in self._saved_outputs.pop(key, ())]
 
     def _outlog_path(self, checkpoint_id: int) -> str:
-        return self.checkpoint_file(checkpoint_id, "output-logs.msgpack")
+        return self.checkpoint_file(checkpoint_id, _OUTPUT_LOGS)
 
     # -- checkpoints (DESIGN.md §6) -----------------------------------------------------------------
 
     async def between_batches(self) -> None:
+        self.check_snapshot()
         if not self.gate.below_limit.is_set():
             self._mark_dirty()  # the held output waits for our own determinants too: flush them now
             await self.gate.below_limit.wait()
-        if self.replaying or time.monotonic() - self.last_checkpoint < self.services.checkpoint_interval:
+        if (
+            self.replaying
+            or self.snapshotting
+            or time.monotonic() - self.last_checkpoint < self.services.checkpoint_interval
+        ):
             return
         await self.checkpoint()
 
     async def checkpoint(self) -> None:
-        """Snapshot this instance alone, between two batches; complete once its causal past is committed."""
-        inst, services = self.instance, self.services
-        began = time.perf_counter()
+        """Snapshot this instance alone, between two batches; complete once its causal past is committed.
+
+        What the checkpoint holds is captured here; it is written on a thread while the instance goes
+        on (:meth:`snapshot_in_background`), and the record goes to the coordinator once it is.
+        """
+        inst = self.instance
         await inst.flush_for_checkpoint()  # buffers empty: batch boundaries stay those of the log
         cid = self.checkpoint_id
         self.checkpoint_id += 1
-        state_dirs = self.take_state(cid)
-        self.save_held(cid, self.gate.snapshot())
         outputs = {
             s.key: list(s.outlog.frames_after(s.outlog.first_seq - 1))
             for s in self.senders
             if s.outlog.first_seq is not None
         }
-        with open(self._outlog_path(cid), "wb") as f:
-            f.write(pack(outputs))
         record = CheckpointRecord(
             instance=inst.name,
             checkpoint_id=cid,
@@ -535,19 +542,29 @@ class LineageFT(SnapshottingFT):
             next_seq={s.key: s.next_seq for s in self.senders},
             source_offset=inst.reader.offset() if inst.reader is not None else None,
             operators=self.snapshot_operators(),
-            state_dirs=state_dirs,
+            state_dirs=self.state_dirs(cid),
             requirements=self.stash.frontier(),
         )
-        self.pending_checkpoints[cid] = record.log_position
-        self.last_checkpoint = time.monotonic()
-        self.checkpoints_taken += 1
-        self.checkpoint_ms = (time.perf_counter() - began) * 1000
-        self._mark_dirty()
-        await services.send({
+        services = self.services
+        message = {  # the record encoded now: operators' snapshots may share objects the next batches change
             "type": "checkpoint", "job": services.job_id, "instance": inst.name, "incarnation": self.incarnation,
             "checkpoint_id": cid, "record": record.to_bytes(), "requirements": record.requirements,
             "consumed": {str(k): v for k, v in record.consumed.items()},
-        })  # fmt: skip
+        }  # fmt: skip
+        self.last_checkpoint = time.monotonic()
+        self.snapshot_in_background(
+            cid,
+            self.gate.snapshot(),
+            {_OUTPUT_LOGS: outputs},
+            lambda: self._send_record(cid, record.log_position, message),
+        )
+
+    async def _send_record(self, checkpoint_id: int, log_position: int, message: dict[str, Any]) -> None:
+        """The checkpoint is on disk: the coordinator may now complete it."""
+        self.pending_checkpoints[checkpoint_id] = log_position
+        self.checkpoints_taken += 1
+        self._mark_dirty()
+        await self.services.send(message)
 
     # -- messages from the coordinator -------------------------------------------------------------
 
@@ -621,6 +638,7 @@ class LineageFT(SnapshottingFT):
             "output_log_bytes": sum(o.bytes_in_memory + o.bytes_spilled for o in outlogs),
             "checkpoints": self.checkpoints_taken,
             "checkpoint_ms": self.checkpoint_ms,
+            "checkpoint_async_ms": self.checkpoint_async_ms,
             "held_sink_batches": len(self.gate.held),
             "commit_wait_s": round(self.commit_wait_s, 4),
             "replaying": self.replaying,

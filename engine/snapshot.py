@@ -7,17 +7,28 @@ checkpoint; each incarnation opens a live directory of its own), the operators' 
 routers' round-robin positions, the source offset, and the sink output the checkpoint holds back, in
 a file next to it rather than in the record (it can be many batches). They differ in when they take
 it and in what else the record holds.
+
+A snapshot has two phases, like Flink's: the synchronous one, between two batches, captures what
+the checkpoint holds (the record's fields, the operators' snapshots, the held output) and freezes the
+keyed state at that boundary (:meth:`~engine.state.KeyedState.freeze`); the asynchronous one writes
+it (RocksDB's memtable flush and checkpoint, the files, fsync: 10-80 ms that would otherwise stall
+the instance) on a thread while the instance processes the next batches, and only then is the record
+sent. One snapshot is in flight at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine.checkpoint import CheckpointRecord, CheckpointStore
 from engine.codec import pack, unpack
 from engine.connector import SinkWriter
+from engine.errors import StateError
 from engine.fault_tolerance import FaultTolerance
 from engine.state import KeyedState
 
@@ -27,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["SnapshottingFT", "StoreServices"]
 
 _HELD_FILE = "held-output.msgpack"
+_FIX = "free disk space, or point --data-dir at a writable disk with room"
 
 
 class StoreServices(Protocol):
@@ -51,6 +63,11 @@ class SnapshottingFT(FaultTolerance):
         self.record = record
         self.incarnation = incarnation
         self.states: dict[str, KeyedState] = {}
+        self.checkpoint_ms: float | None = None  # the last snapshot's synchronous phase: the loop's stall
+        self.checkpoint_async_ms: float | None = None  # and its asynchronous phase, on a thread
+        self._writing: asyncio.Future[None] | None = None  # the thread of the snapshot in flight
+        self._snapshot_task: asyncio.Task[None] | None = None  # ... and what sends its record once written
+        self._snapshot_error: BaseException | None = None
 
     # -- what operators get ------------------------------------------------------------------------
 
@@ -78,6 +95,10 @@ class SnapshottingFT(FaultTolerance):
         """Checkpoint every step's keyed state; the record's ``state_dirs``."""
         return self._store.take(self._job_id, self.instance.name, checkpoint_id, self.states)
 
+    def state_dirs(self, checkpoint_id: int) -> dict[str, str]:
+        """The record's ``state_dirs`` for checkpoint ``checkpoint_id``, before it is taken."""
+        return self._store.state_dirs(self._job_id, self.instance.name, checkpoint_id, self.states)
+
     def snapshot_operators(self) -> dict[str, Any]:
         """The record's ``operators``: each operator's snapshot, and the routers' under ``__routers__``."""
         inst = self.instance
@@ -90,11 +111,108 @@ class SnapshottingFT(FaultTolerance):
         operators["__time__"] = inst.time_snapshot()
         return operators
 
-    def save_held(self, checkpoint_id: int, held: Any) -> None:
-        """Write the sink output checkpoint ``checkpoint_id`` holds back (nothing if there is none)."""
-        if held:
-            with open(self.checkpoint_file(checkpoint_id, _HELD_FILE), "wb") as f:
-                f.write(pack(held))
+    def snapshot_in_background(
+        self,
+        checkpoint_id: int,
+        held: Any,
+        files: Mapping[str, Any],
+        done: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Take checkpoint ``checkpoint_id``: freeze the state now, write it on a thread, then ``done``.
+
+        Call it between two batches, with the checkpoint's contents captured there: ``held``, the
+        sink output the checkpoint holds back, and ``files`` (name -> object), written packed into
+        the checkpoint's directory (empty ones are skipped); none may change afterwards (the record,
+        with :meth:`state_dirs`, is best encoded at once). ``done()`` runs on the loop once all is on
+        disk: it sends the record. A failure of either phase is raised by the next
+        :meth:`check_snapshot`. Wait for :attr:`snapshotting` to be false before the next one.
+
+        Raises:
+            SerializationError, StateError: the synchronous phase failed (a dirty entry that does not
+                encode, a full disk); nothing is frozen then.
+        """
+        if self.snapshotting:
+            raise StateError(
+                f"{self.instance.name}: checkpoint {checkpoint_id} began while the last is in flight"
+            )
+        began = time.perf_counter()
+        frozen: list[KeyedState] = []
+        try:
+            for state in self.states.values():
+                state.freeze()
+                frozen.append(state)
+        except BaseException:
+            for state in frozen:
+                state.thaw()
+            raise
+        store, job_id, name, states = self._store, self._job_id, self.instance.name, dict(self.states)
+        contents = {_HELD_FILE: held, **files}
+
+        def write() -> None:
+            store.take(job_id, name, checkpoint_id, states)
+            for file, content in contents.items():
+                if not content:
+                    continue
+                path = self.checkpoint_file(checkpoint_id, file)
+                try:
+                    with open(path, "wb") as f:
+                        f.write(pack(content))
+                except OSError as exc:
+                    raise StateError(
+                        f"checkpoint {checkpoint_id} of instance {name}: writing {path} failed: {exc}; {_FIX}"
+                    ) from exc
+
+        def thaw(_: object) -> None:  # on the loop, once the thread is done (whatever came of it)
+            for state in frozen:
+                state.thaw()
+            self.checkpoint_async_ms = (time.perf_counter() - began) * 1000
+
+        writing = self._writing = asyncio.get_running_loop().run_in_executor(None, write)
+        writing.add_done_callback(thaw)
+
+        async def finish() -> None:
+            try:
+                # shielded: cancelling this task (the instance closing) must not pretend the thread stopped
+                await asyncio.shield(writing)
+                await done()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # raised again on the loop, by check_snapshot()
+                self._snapshot_error = exc
+
+        self._snapshot_task = asyncio.create_task(finish(), name=f"checkpoint {checkpoint_id} of {name}")
+        self.checkpoint_ms = (time.perf_counter() - began) * 1000
+
+    @property
+    def snapshotting(self) -> bool:
+        """A snapshot is in flight: written on its thread, or its record not yet sent."""
+        return self._snapshot_task is not None and not self._snapshot_task.done()
+
+    def check_snapshot(self) -> None:
+        """Raise what made the last snapshot fail (a full disk: the instance fails with it)."""
+        if self._snapshot_error is not None:
+            error, self._snapshot_error = self._snapshot_error, None
+            raise error
+
+    async def wait_snapshot(self) -> None:
+        """Wait until the snapshot in flight, if any, is written and its record sent; raise its failure."""
+        if self._snapshot_task is not None:
+            await asyncio.wait([self._snapshot_task])
+        self.check_snapshot()
+
+    async def settle_snapshot(self) -> None:
+        """At close: stop sending the record of a snapshot in flight, but wait for its thread, which
+        must not outlive the state it writes (closing a RocksDB database under a checkpoint crashes)."""
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            self._snapshot_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._snapshot_task
+        if self._writing is not None and not self._writing.done():
+            await asyncio.wait([self._writing])
+
+    async def aclose(self) -> None:
+        await self.settle_snapshot()
+        await super().aclose()
 
     def checkpoint_file(self, checkpoint_id: int, name: str) -> str:
         """A file of checkpoint ``checkpoint_id`` besides its keyed state (the directory ``take_state`` made)."""

@@ -179,8 +179,9 @@ class KeyedState:
     answers "absent" without touching RocksDB.
 
     All calls are synchronous and short; they run on the instance's event loop, and
-    :meth:`checkpoint` runs between two batches, so it sees the state of a batch boundary.
-    A ``KeyedState`` is not thread-safe.
+    :meth:`checkpoint` (or :meth:`freeze`) runs between two batches, so it sees the state of a batch
+    boundary. A ``KeyedState`` is not thread-safe, with one exception: between :meth:`freeze` and
+    :meth:`thaw`, :meth:`write_checkpoint` may run on another thread while the loop goes on.
     """
 
     __slots__ = (
@@ -188,6 +189,7 @@ class KeyedState:
         "_complete",
         "_db",
         "_encode",
+        "_frozen",
         "_limit",
         "_write",
         "cache",
@@ -216,6 +218,7 @@ class KeyedState:
         self._limit = cache_entries
         self._complete = complete
         self._closed = False
+        self._frozen = False
         self.cache = {}
         self.dirty = set()
         self.path = path
@@ -353,6 +356,8 @@ class KeyedState:
             except (TypeError, ValueError, OverflowError):
                 raise self._encode_error() from None
             return ((k, cache[k]) for _, k in encoded)
+        if self._frozen:
+            return self._overlay_scan()
         self.flush()
         return self._scan()
 
@@ -363,11 +368,44 @@ class KeyedState:
         except Exception as exc:  # a RocksDB read error, or a value that no longer decodes
             raise _storage_error(self.path, "iterating the database", exc) from exc
 
+    def _overlay_scan(self) -> Iterator[tuple[Any, Any]]:
+        """:meth:`items` while frozen: RocksDB may not be written, so the dirty entries (newer than
+        what it holds) are laid over its scan, in the same byte order of the encoded keys."""
+        cache, encode = self.cache, self._encode
+        try:
+            overlay = sorted(((encode(k), k) for k in self.dirty), key=itemgetter(0))
+        except (TypeError, ValueError, OverflowError):
+            raise self._encode_error() from None
+        i, n = 0, len(overlay)
+        for key, value in self._scan_raw():
+            while i < n and overlay[i][0] < key:
+                k = overlay[i][1]
+                i += 1
+                if k in cache:  # a dirty key absent from the cache is a delete
+                    yield k, cache[k]
+            if i < n and overlay[i][0] == key:
+                k = overlay[i][1]
+                i += 1
+                if k in cache:
+                    yield k, cache[k]
+                continue
+            yield unpack(key), unpack(value)
+        for _, k in overlay[i:]:
+            if k in cache:
+                yield k, cache[k]
+
+    def _scan_raw(self) -> Iterator[tuple[bytes, bytes]]:
+        try:
+            yield from self._db.items()
+        except Exception as exc:
+            raise _storage_error(self.path, "iterating the database", exc) from exc
+
     def __len__(self) -> int:
         """The number of keys: O(1) while the cache holds them all, else a flush and a full scan."""
         if self._complete:
             return len(self.cache)
-        self.flush()
+        if self._frozen:
+            return sum(1 for _ in self._overlay_scan())
         try:
             return sum(1 for _ in self._db.keys())  # noqa: SIM118 (an Rdict, not a dict: keys() is its iterator)
         except Exception as exc:
@@ -382,7 +420,7 @@ class KeyedState:
             StateError: RocksDB refused the write (full disk...).
         """
         dirty = self.dirty
-        if not dirty:
+        if not dirty or self._frozen:  # frozen: they reach RocksDB once the checkpoint is written
             return
         cache, encode = self.cache, self._encode
         try:
@@ -423,6 +461,8 @@ class KeyedState:
             self._evict()
 
     def _evict(self) -> None:
+        if self._frozen:
+            return  # nothing may be flushed, so nothing may be dropped: the cache stays over budget until thaw()
         # Flush first: after it every cached entry is clean, so dropping one loses nothing.
         self.flush()
         cache = self.cache
@@ -435,25 +475,57 @@ class KeyedState:
     # -- checkpoints and lifecycle ------------------------------------------------------------------
 
     def checkpoint(self, path: str | os.PathLike[str]) -> None:
-        """Snapshot the state into the new directory ``path``: flush, flush the memtable, link.
-
-        After the memtable flush every entry is in SST files, so the RocksDB checkpoint is hard
-        links plus a few small files: ~1 ms whatever the size of the state. The flushes before it
-        cost what changed since the last checkpoint: for 100k dirty keys ~120 ms of
-        :meth:`flush` and ~25 ms of memtable flush. Runs between two batches on the instance's
-        loop; the cache stays warm.
+        """Snapshot the state into the new directory ``path``: :meth:`freeze`, :meth:`write_checkpoint`, :meth:`thaw`.
 
         Raises:
             StateError: ``path`` already exists (checkpoints are immutable: never reuse one), or
                 the disk refused the flush or the checkpoint.
         """
+        self.freeze()
+        try:
+            self.write_checkpoint(path)
+        finally:
+            self.thaw()
+
+    # A checkpoint in two phases (DESIGN.md §6), so that the slow part runs off the instance's loop:
+    # freeze() between two batches writes what changed and stops RocksDB from seeing later writes;
+    # write_checkpoint() may then run on a thread while the instance processes the next batches
+    # (they stay in the cache); thaw() lets them through again.
+
+    def freeze(self) -> None:
+        """Write every dirty entry to RocksDB, then hold later writes in the cache until :meth:`thaw`.
+
+        Call it between two batches: RocksDB then holds the state of that batch boundary, and keeps
+        holding it while :meth:`write_checkpoint` runs. Meanwhile reads and writes work as usual,
+        except that the cache may grow past its budget (nothing can be evicted).
+
+        Raises:
+            SerializationError, StateError: as :meth:`flush`; the state is then not frozen.
+        """
+        self.flush()
+        self._frozen = True
+
+    def write_checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Make a RocksDB checkpoint of the frozen state in the new directory ``path``.
+
+        It flushes the memtable, so the checkpoint is SST files only: hard links of immutable
+        files plus a few small ones. That flush (an SST write and fsync) is what costs, ~10-80 ms
+        on the reference machine: it is why this may run on another thread than the operators'
+        (RocksDB releases the GIL), which only read the state meanwhile.
+
+        Raises:
+            StateError: not frozen; ``path`` already exists (checkpoints are immutable: take each
+                into a new directory); the disk refused the flush or the checkpoint (nothing is
+                left at ``path`` then).
+        """
         path = os.fspath(path)
+        if not self._frozen:
+            raise StateError(f"keyed state at {self.path}: write_checkpoint() needs freeze() first")
         if os.path.lexists(path):
             raise StateError(
                 f"keyed state at {self.path}: checkpoint directory {path} already exists; checkpoints are "
                 "immutable, so take each one into a new directory (a new checkpoint id)"
             )
-        self.flush()
         try:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             self._db.flush(True)
@@ -461,6 +533,16 @@ class KeyedState:
         except Exception as exc:
             shutil.rmtree(path, ignore_errors=True)  # never leave a partial checkpoint behind
             raise _storage_error(self.path, f"checkpoint into {path}", exc) from exc
+
+    def thaw(self) -> None:
+        """End :meth:`freeze`: writes reach RocksDB again (at the next flush) and the budget applies."""
+        self._frozen = False
+        self.trim()
+
+    @property
+    def frozen(self) -> bool:
+        """True between :meth:`freeze` and :meth:`thaw`."""
+        return self._frozen
 
     def close(self) -> None:
         """Flush everything to disk and close the database; the directory stays for a reopen.
@@ -470,6 +552,7 @@ class KeyedState:
         if self._closed:
             return
         self._closed = True
+        self._frozen = False  # the caller waited for write_checkpoint(): what it held back goes in now
         try:
             self.flush()
             self._db.flush(True)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +325,87 @@ def test_restore_from_something_that_is_not_a_checkpoint(tmp_path: Path) -> None
     ):
         KeyedState.open(tmp_path / "live", restore_from=tmp_path / "empty")
     assert not (tmp_path / "live").exists()
+
+
+# -- checkpoints in two phases: freeze, write (on a thread), thaw -----------------------------------
+
+
+def test_a_frozen_state_checkpoints_the_boundary_while_writes_go_on(tmp_path: Path) -> None:
+    state = KeyedState.open(tmp_path / "live")
+    state.put("a", 1)
+    state.put("c", 3)
+    state.freeze()  # the batch boundary
+    state.put("a", 2)
+    state.put("b", [4])
+    state.delete("c")
+    state.flush()  # held back while frozen
+    assert state.frozen and state.dirty == {"a", "b", "c"}
+    state.write_checkpoint(tmp_path / "chk")
+    state.thaw()
+    assert not state.frozen
+    assert dict(state.items()) == {"a": 2, "b": (4,)}
+    state.close()
+    assert raw_contents(tmp_path / "live") == {"a": 2, "b": (4,)}  # what was held back reached RocksDB
+    restored = KeyedState.open(tmp_path / "again", restore_from=tmp_path / "chk")
+    assert dict(restored.items()) == {"a": 1, "c": 3}
+    restored.destroy()
+
+
+def test_write_checkpoint_on_a_thread_while_the_loop_writes(tmp_path: Path) -> None:
+    state = KeyedState.open(tmp_path / "live", cache_entries=500)
+    for i in range(2000):  # past the cache: the state is in RocksDB, not all cached
+        state.put(i, i)
+    state.freeze()
+    writer = threading.Thread(target=state.write_checkpoint, args=(tmp_path / "chk",))
+    writer.start()
+    i = 0
+    while writer.is_alive() or i < 3000:  # reads and writes of the next batches, meanwhile
+        state.put(i % 2500, -i)
+        assert state.get((i * 7) % 2000) is not None
+        i += 1
+    writer.join()
+    state.thaw()
+    restored = KeyedState.open(tmp_path / "again", restore_from=tmp_path / "chk")
+    assert dict(restored.items()) == {i: i for i in range(2000)}
+    restored.destroy()
+    state.destroy()
+
+
+def test_items_and_len_of_a_frozen_state_lay_the_held_writes_over_rocksdb(tmp_path: Path) -> None:
+    state = KeyedState.open(tmp_path / "live", cache_entries=8)
+    model = {f"k{i:02d}": i for i in range(40)}
+    for k, v in model.items():
+        state.put(k, v)
+    assert not state.complete  # evicted: items() must read RocksDB
+    state.freeze()
+    for k in ("k00", "k13", "k39"):
+        state.delete(k)
+        del model[k]
+    for k, v in (("k05", -5), ("a", 0), ("k13b", 7), ("zz", 9), ("k20", (1, 2))):
+        state.put(k, v)
+        model[k] = v
+    state.delete("never-there")
+    assert list(state.items()) == sorted_by_encoding(model)
+    assert len(state) == len(model)
+    assert len(state.cache) > 8  # nothing is evicted while frozen...
+    state.thaw()
+    assert len(state.cache) <= 8  # ...until the thaw
+    assert list(state.items()) == sorted_by_encoding(model)
+    state.destroy()
+
+
+def test_write_checkpoint_needs_a_frozen_state(state: KeyedState, tmp_path: Path) -> None:
+    with pytest.raises(StateError, match=r"write_checkpoint\(\) needs freeze\(\) first"):
+        state.write_checkpoint(tmp_path / "chk")
+
+
+def test_close_after_a_freeze_writes_what_was_held_back(tmp_path: Path) -> None:
+    state = KeyedState.open(tmp_path / "live")
+    state.put("a", 1)
+    state.freeze()
+    state.put("a", 2)
+    state.close()
+    assert raw_contents(tmp_path / "live") == {"a": 2}
 
 
 # -- storage errors ----------------------------------------------------------------------------------
