@@ -67,6 +67,10 @@ __all__ = ["LineageFT", "LineageSender", "LineageServices", "Recovery", "WalFT"]
 
 log = logging.getLogger("stashflow.lineage")
 
+#: the longest a sink's instance lets its determinants gather before it ships them (``--log-flush-ms``
+#: is for the others: a sink's output waits for its own log, so its flushes are on the latency path)
+SINK_LOG_FLUSH_S = 0.001
+
 _OUTPUT_LOGS = "output-logs.msgpack"  # a checkpoint's file of the frames its receivers may ask again
 
 
@@ -436,15 +440,21 @@ class LineageFT(SnapshottingFT):
     async def _flush_log(self) -> None:
         """Ship new determinants to the GCS in batches, off the critical path (DESIGN.md §5.3).
 
-        At most one message per ``log_flush_s``: the first determinants after a quiet spell leave at
-        once (a sink waiting for them releases output sooner), and under load they gather for the rest
-        of the interval (fewer, larger messages).
+        At most one message per ``log_flush_s`` (:data:`SINK_LOG_FLUSH_S` at most in a sink's
+        instance): the first determinants after a quiet spell leave at once (a sink waiting for them
+        releases output sooner), and under load they gather for the rest of the interval (fewer,
+        larger messages).
         """
         services, name = self.services, self.instance.name
+        # a sink's output waits for its own determinants (the output-commit rule, §5.5): they leave
+        # within 1 ms; an upstream instance's are mostly committed before its batches reach a sink
+        interval = (
+            min(services.log_flush_s, SINK_LOG_FLUSH_S) if self.sink_writers() else services.log_flush_s
+        )
         last = 0.0
         while True:
             await self._log_dirty.wait()
-            wait = last + services.log_flush_s - time.monotonic()
+            wait = last + interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             last = time.monotonic()

@@ -122,7 +122,7 @@ class LineageCoordinator:
     """Commits, checkpoint completion and single-instance recovery for the coordinator's lineage jobs."""
 
     def __init__(
-        self, coordinator: Coordinator, gcs: GCS, *, stash_query_timeout: float = 2.0, publish_ms: float = 2.0
+        self, coordinator: Coordinator, gcs: GCS, *, stash_query_timeout: float = 2.0, publish_ms: float = 0.0
     ):
         self.coord = coordinator
         self.gcs = gcs
@@ -240,8 +240,9 @@ class LineageCoordinator:
             )
 
     def _schedule_broadcast(self, run: JobRun, lineage: _JobLineage) -> None:
-        """Publish commit positions: to the workers hosting sinks every ``publish_s``, to the rest every
-        ``trim_publish_s``.
+        """Publish commit positions: to the workers hosting sinks every ``publish_s`` (default 0: at the
+        end of the event-loop turn that stored them, so the acknowledgments of one turn make one
+        message), to the rest every ``trim_publish_s``.
 
         Coalescing bounds the control traffic (each flush of each instance would otherwise cost one
         message to every worker of the job). Only sinks wait for commits (the output-commit rule), so

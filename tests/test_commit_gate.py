@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from connectors import CollectSink, GeneratorSource
+from engine import Job
 from engine.causal_log import CausalLog
 from engine.codec import pack, unpack
 from engine.commit_gate import CommitGate
 from engine.connector import SinkWriter
 from engine.stash import Stash
+from engine.testing import run
 
 
 class JoiningWriter(SinkWriter):
@@ -139,3 +142,15 @@ def test_held_batches_saved_before_writers_prepared_them_restore_through_prepare
     gate.ft.committed["write/0"] = 1
     gate.release()
     assert writer.lines == ["p", "q"]
+
+
+def test_a_sinks_output_does_not_wait_for_the_log_flush_interval() -> None:
+    """The sink's own determinants leave within 1 ms (SINK_LOG_FLUSH_S), whatever --log-flush-ms says:
+    its output waits for them. Source and sink in one task, so no other log is in its causal past."""
+    job = Job("sink_flush", parallelism=1)
+    job.source("nums", GeneratorSource(lambda i: i, count=2000, rate=2000)).sink("out", CollectSink())
+    result = run(job, batch_size=50, flush_ms=5, log_flush_ms=400)
+    latency = result.instances["out/0"]["latency"]
+    assert latency["count"] >= 20
+    # with the 400 ms interval, most batches would wait 200 ms or more for their commit
+    assert latency["p50_ms"] < 100, latency
