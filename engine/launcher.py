@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import sys
 
@@ -38,6 +39,32 @@ log = logging.getLogger("stashflow.launcher")
 
 #: a spare's pin is ``JOB:~spare-N``: never an instance name (those are ``step/index``)
 SPARE_PREFIX = "~spare-"
+
+
+#: the nice value an idle spare worker runs at (where the launcher may restore it on adoption)
+SPARE_NICE = 19
+
+
+def _can_restore_priority() -> bool:
+    """Whether this process may lower a nice value again: only then are spares started at SPARE_NICE
+    (root, or an RLIMIT_NICE that allows it; otherwise an adopted spare would stay at SPARE_NICE)."""
+    if not hasattr(os, "setpriority"):
+        return False
+    if os.geteuid() == 0:
+        return True
+    soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    return soft == resource.RLIM_INFINITY or 20 - soft <= os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _set_priority(pid: int, nice: int) -> None:
+    """Set the nice value of every thread of process ``pid`` (Linux nice values are per thread)."""
+    try:
+        threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        threads = [pid]
+    for tid in threads:
+        with contextlib.suppress(OSError):  # a thread that just ended; a process that just died
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
 
 
 class LocalLauncher:
@@ -161,6 +188,9 @@ class LocalLauncher:
         self.spare_procs[(job_id, name)] = proc
         if job_id in self._ended:  # the job ended while the process was being created
             self._terminate(proc)
+        elif _can_restore_priority():
+            # its start-up (~0.5 CPU-s of imports) takes only CPU the job leaves idle; adopt() restores it
+            _set_priority(proc.pid, SPARE_NICE)
         log.debug("started spare worker pid %d (%s) for job %s", proc.pid, name, job_id,
                   extra={"job": job_id, "spare": name, "worker_pid": proc.pid})  # fmt: skip
 
@@ -180,6 +210,8 @@ class LocalLauncher:
         """
         proc = self.spare_procs.pop((job_id, spare))
         self.procs[(job_id, inst)] = proc
+        if _can_restore_priority():
+            _set_priority(proc.pid, os.getpriority(os.PRIO_PROCESS, 0))  # the job's priority, every thread
         self.adopted.append((job_id, spare, inst, proc.pid))
         log.info("job %s: spare worker %s (pid %d) hosts %s", job_id, spare, proc.pid, inst,
                  extra={"job": job_id, "instance": inst, "spare": spare, "worker_pid": proc.pid})  # fmt: skip

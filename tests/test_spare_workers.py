@@ -9,11 +9,14 @@ Every process is started by the launcher or here, bounded in time, and signalled
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,7 +26,7 @@ from test_recovery import assert_exactly_once, restarted, run_killing
 from engine.config import JobConfig
 from engine.coordinator import Coordinator
 from engine.job_run import JobRun
-from engine.launcher import LocalLauncher
+from engine.launcher import SPARE_NICE, LocalLauncher, _can_restore_priority
 from engine.loader import JobRef
 
 TOKEN = "spare-test-token"
@@ -31,11 +34,18 @@ RATE = 6000  # sentences per second and source, as in test_recovery: kills land 
 
 
 async def run_local(
-    tmp_path: Path, *, ft: str, spares: int, n: int, kills: tuple[tuple[str, float], ...] = ()
+    tmp_path: Path,
+    *,
+    ft: str,
+    spares: int,
+    n: int,
+    kills: tuple[tuple[str, float], ...] = (),
+    probe: Callable[[JobRun, LocalLauncher], None] | None = None,
 ) -> tuple[JobRun, LocalLauncher, dict[str, list[int]]]:
     """Run jobs/union_count.py on a local cluster with ``kills`` (instance, seconds after the start).
 
     Returns the run, the launcher, and the pids of the job's spares seen while it ran, by spare name.
+    ``probe(run, launcher)`` is called every 10 ms while the job runs.
     """
     launcher = LocalLauncher(token=TOKEN, spares=spares)
     params = {"sentences": str(n), "rate": str(RATE), "output": str(tmp_path / "out")}
@@ -50,6 +60,8 @@ async def run_local(
                 for (job, name), proc in launcher.spare_procs.items():
                     if job == run.job_id and proc.pid not in seen.setdefault(name, []):
                         seen[name].append(proc.pid)
+                if probe is not None:
+                    probe(run, launcher)
                 await asyncio.sleep(0.01)
 
         async def kill_later(inst: str, seconds: float) -> None:
@@ -91,6 +103,38 @@ async def test_a_lineage_recovery_runs_in_the_spare_and_a_replacement_is_started
     ]
     assert worker_pid(run, "count/1") == second  # the coordinator placed the last incarnation there
     assert set(seen) == {"~spare-1", "~spare-2", "~spare-3"}  # one idle spare again after each recovery
+
+
+def thread_nices(pid: int) -> set[int]:
+    """The nice values of the threads of process ``pid`` (none once it exited)."""
+    nices = set()
+    for tid in os.listdir(f"/proc/{pid}/task") if os.path.exists(f"/proc/{pid}/task") else ():
+        with contextlib.suppress(OSError):
+            nices.add(os.getpriority(os.PRIO_PROCESS, int(tid)))
+    return nices
+
+
+@pytest.mark.skipif(not _can_restore_priority(), reason="this user cannot lower a nice value again")
+async def test_a_spare_starts_at_low_priority_and_gets_the_jobs_once_adopted(tmp_path: Path):
+    idle: set[int] = set()
+    adopted: set[int] = set()
+
+    def probe(run: JobRun, launcher: LocalLauncher) -> None:
+        for (job, _), proc in launcher.spare_procs.items():
+            if job == run.job_id and proc.returncode is None:
+                idle.update(thread_nices(proc.pid))
+        for _, _, _, pid in launcher.adopted:
+            adopted.update(thread_nices(pid))
+
+    n = 12000
+    run, launcher, _ = await run_local(
+        tmp_path, ft="lineage", spares=1, n=n, kills=(("count/1", 0.8),), probe=probe
+    )
+    assert run.state == "finished", run.error
+    assert_exactly_once(read_jsonl(tmp_path / "out"), n)
+    assert len(launcher.adopted) == 1
+    assert idle == {SPARE_NICE}  # its start-up took only CPU the job left idle
+    assert adopted == {os.getpriority(os.PRIO_PROCESS, 0)}  # every thread of it, once it hosts count/1
 
 
 async def test_a_checkpoint_rollback_puts_the_lost_instance_in_the_spare(tmp_path: Path):
