@@ -91,10 +91,6 @@ class SnapshottingFT(FaultTolerance):
 
     # -- taking a checkpoint -----------------------------------------------------------------------
 
-    def take_state(self, checkpoint_id: int) -> dict[str, str]:
-        """Checkpoint every step's keyed state; the record's ``state_dirs``."""
-        return self._store.take(self._job_id, self.instance.name, checkpoint_id, self.states)
-
     def state_dirs(self, checkpoint_id: int) -> dict[str, str]:
         """The record's ``state_dirs`` for checkpoint ``checkpoint_id``, before it is taken."""
         return self._store.state_dirs(self._job_id, self.instance.name, checkpoint_id, self.states)
@@ -215,7 +211,7 @@ class SnapshottingFT(FaultTolerance):
         await super().aclose()
 
     def checkpoint_file(self, checkpoint_id: int, name: str) -> str:
-        """A file of checkpoint ``checkpoint_id`` besides its keyed state (the directory ``take_state`` made)."""
+        """A file of checkpoint ``checkpoint_id`` besides its keyed state (in the directory of its ``state_dirs``)."""
         base = self._store.instance_dir(self._job_id, self.instance.name)
         return os.path.join(base, f"chk-{checkpoint_id}", name)
 
