@@ -11,6 +11,18 @@ import time
 from support import ROOT
 
 
+def wait_for_handler(pid: int, signum: int, timeout: float = 60.0) -> None:
+    """Wait until process ``pid`` catches ``signum`` (its SigCgt mask in /proc), e.g. after its imports."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/status") as status:
+            caught = next(int(line.split()[1], 16) for line in status if line.startswith("SigCgt:"))
+        if caught & (1 << (signum - 1)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"process {pid} did not install a handler for signal {signum} in {timeout} s")
+
+
 def test_sigusr1_makes_a_worker_print_its_tasks_and_go_on() -> None:
     # a worker whose coordinator is not there yet: it keeps retrying, its loop alive
     proc = subprocess.Popen(
@@ -30,7 +42,7 @@ def test_sigusr1_makes_a_worker_print_its_tasks_and_go_on() -> None:
         text=True,
     )
     try:
-        time.sleep(2.0)  # the interpreter is up and the handler installed
+        wait_for_handler(proc.pid, signal.SIGUSR1)  # sent earlier, SIGUSR1 would end the process
         os.kill(proc.pid, signal.SIGUSR1)
         time.sleep(1.0)
         assert proc.poll() is None  # a dump does not stop the process
