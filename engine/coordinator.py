@@ -244,7 +244,8 @@ class Coordinator:
 
     async def wait(self, job_id: str, timeout: float | None = None) -> JobRun:
         run = self.jobs[job_id]
-        await asyncio.wait_for(run.done.wait(), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: 3.11's could swallow a cancel
+            await run.done.wait()
         return run
 
     async def _deploy(self, run: JobRun) -> None:

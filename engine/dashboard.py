@@ -185,7 +185,8 @@ class _Dashboard:
 async def _next_sample(monitor: JobMonitor) -> bool:
     """True after the monitor's next sample, False if none came within ``_POLL_S``."""
     try:
-        await asyncio.wait_for(monitor.changed(), _POLL_S)
+        async with asyncio.timeout(_POLL_S):  # not wait_for: 3.11's could swallow a cancel
+            await monitor.changed()
     except TimeoutError:
         return False
     return True

@@ -233,7 +233,8 @@ class GlobalCheckpointCoordinator:
                                      f"redeployed within {coord.deploy_timeout:.0f} s")  # fmt: skip
                 return True
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(job.all_deployed.wait(), 0.1)
+                async with asyncio.timeout(0.1):  # not wait_for: 3.11's could swallow a cancel
+                    await job.all_deployed.wait()
         addresses = {k: list(v) for k, v in run.addresses.items()}
         now = time.time()
         for rec_list in job.recoveries.values():

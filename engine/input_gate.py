@@ -120,7 +120,10 @@ class InputGate:
             if remaining is not None and remaining <= 0:
                 return None
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for returned when the wake-up came in
+                # the turn of a cancel, and the instance's task went on after being cancelled
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
             except TimeoutError:
                 return None
         return None

@@ -255,7 +255,8 @@ class LocalLauncher:
         if proc is None:
             return None
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), wait)
+            async with asyncio.timeout(wait):  # not wait_for: 3.11's could swallow a cancel
+                await proc.wait()
         return proc.returncode
 
     async def reap(self, job_id: str, grace: float = 2.0) -> None:

@@ -418,7 +418,10 @@ class LineageCoordinator:
         for w in workers:
             await w.send({"type": "stash_query", "job": run.job_id, "instance": inst, "query": qid})
         try:
-            await asyncio.wait_for(asyncio.shield(done), self.stash_query_timeout)
+            async with asyncio.timeout(
+                self.stash_query_timeout
+            ):  # not wait_for: 3.11's could swallow a cancel
+                await asyncio.shield(done)
         except TimeoutError:
             log.warning("job %s: %d worker(s) did not answer the stash query for %s in time",
                         run.job_id, len(waiting), inst,

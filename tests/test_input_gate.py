@@ -101,3 +101,24 @@ async def test_end_of_stream_seen_during_a_replay_still_ends_the_gate():
     assert (await gate.take_from(0)).records == ["a/0-1"]
     gate.rescan()
     assert await gate.next(0.1) is None and gate.finished
+
+
+async def test_a_cancel_that_comes_with_a_batch_is_not_lost():
+    """Cancelled in the loop turn its batch arrived, a waiting gate raises CancelledError.
+
+    (asyncio.wait_for of Python 3.11 returned the batch instead when its inner wait completed in the
+    same turn as the cancel: the instance's task would go on after being cancelled.)
+    """
+    a = FakeChannel("a/0")
+    gate = InputGate([a])
+
+    async def consume() -> None:
+        while True:
+            await gate.next(5.0)
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.01)  # waiting in next()
+    a.deliver(gate, 0)  # wakes it...
+    task.cancel()  # ...in the same turn as the cancel
+    done, _ = await asyncio.wait([task], timeout=1.0)
+    assert task in done and task.cancelled()
