@@ -406,6 +406,7 @@ class KeyedState:
             return len(self.cache)
         if self._frozen:
             return sum(1 for _ in self._overlay_scan())
+        self.flush()
         try:
             return sum(1 for _ in self._db.keys())  # noqa: SIM118 (an Rdict, not a dict: keys() is its iterator)
         except Exception as exc:

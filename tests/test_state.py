@@ -394,6 +394,17 @@ def test_items_and_len_of_a_frozen_state_lay_the_held_writes_over_rocksdb(tmp_pa
     state.destroy()
 
 
+def test_len_of_a_state_past_its_cache_counts_the_unflushed_writes(tmp_path: Path) -> None:
+    state = KeyedState.open(tmp_path / "live", cache_entries=8)
+    for i in range(40):
+        state.put(i, i)
+    assert not state.complete
+    state.put("new", 1)  # dirty: not in RocksDB yet
+    state.delete(0)
+    assert len(state) == 40
+    state.destroy()
+
+
 def test_write_checkpoint_needs_a_frozen_state(state: KeyedState, tmp_path: Path) -> None:
     with pytest.raises(StateError, match=r"write_checkpoint\(\) needs freeze\(\) first"):
         state.write_checkpoint(tmp_path / "chk")
