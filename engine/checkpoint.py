@@ -39,14 +39,13 @@ from typing import Any, Final
 
 from engine.codec import pack, unpack
 from engine.errors import ProtocolError, SerializationError, StateError, short_repr
-from engine.state import KeyedState
+from engine.state import STORAGE_FIX, KeyedState
 
 __all__ = ["RECORD_FORMAT", "CheckpointRecord", "CheckpointStore", "checkpoint_name", "is_complete"]
 
 #: Version of the encoded :class:`CheckpointRecord`; bump it on any change of its fields.
 RECORD_FORMAT: Final = 1
 
-_FIX: Final = "free disk space, or point --data-dir at a writable disk with room"
 _CHK = re.compile(r"^chk-([0-9]+)(\.partial)?$")
 _PARTIAL_SUFFIX: Final = ".partial"
 
@@ -283,7 +282,7 @@ class CheckpointStore:
             shutil.rmtree(staging, ignore_errors=True)
             if isinstance(exc, OSError):
                 raise StateError(
-                    f"checkpoint {checkpoint_id} of instance {instance} into {final} failed: {exc}; {_FIX}"
+                    f"checkpoint {checkpoint_id} of instance {instance} into {final} failed: {exc}; {STORAGE_FIX}"
                 ) from exc
             raise
         return self.state_dirs(job_id, instance, checkpoint_id, states)
@@ -372,7 +371,7 @@ def _list(directory: str) -> list[str]:
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise StateError(f"cannot list {directory}: {exc}; {_FIX}") from exc
+        raise StateError(f"cannot list {directory}: {exc}; {STORAGE_FIX}") from exc
 
 
 def _check_component(what: str, name: str) -> None:

@@ -30,7 +30,7 @@ from engine.codec import pack, unpack
 from engine.connector import SinkWriter
 from engine.errors import StateError
 from engine.fault_tolerance import FaultTolerance
-from engine.state import KeyedState
+from engine.state import STORAGE_FIX, KeyedState
 
 if TYPE_CHECKING:
     from engine.instance import TaskInstance
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["SnapshottingFT", "StoreServices"]
 
 _HELD_FILE = "held-output.msgpack"
-_FIX = "free disk space, or point --data-dir at a writable disk with room"
 
 
 class StoreServices(Protocol):
@@ -155,7 +154,7 @@ class SnapshottingFT(FaultTolerance):
                         f.write(pack(content))
                 except OSError as exc:
                     raise StateError(
-                        f"checkpoint {checkpoint_id} of instance {name}: writing {path} failed: {exc}; {_FIX}"
+                        f"checkpoint {checkpoint_id} of instance {name}: writing {path} failed: {exc}; {STORAGE_FIX}"
                     ) from exc
 
         def thaw(_: object) -> None:  # on the loop, once the thread is done (whatever came of it)

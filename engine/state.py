@@ -44,7 +44,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from itertools import islice
 from operator import itemgetter
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import msgpack
 import rocksdict
@@ -52,14 +52,14 @@ import rocksdict
 from engine.codec import pack, unpack
 from engine.errors import SerializationError, StateError, short_repr
 
-__all__ = ["DEFAULT_CACHE_ENTRIES", "KeyedState", "MemoryState", "normalize"]
+__all__ = ["DEFAULT_CACHE_ENTRIES", "STORAGE_FIX", "KeyedState", "MemoryState", "normalize"]
 
 #: Default budget of the cache, in entries. A count state of 1M short string keys is ~150 MB of
 #: Python objects; beyond the budget, the oldest quarter of the cache is flushed and dropped.
 DEFAULT_CACHE_ENTRIES: Final = 1_000_000
 
 #: The fix appended to every storage error: almost always a full disk or a bad data directory.
-_FIX: Final = "free disk space, or point --data-dir at a writable disk with room"
+STORAGE_FIX: Final = "free disk space, or point --data-dir at a writable disk with room"
 
 #: Values of these exact types encode and decode to themselves (subclasses such as IntEnum do not).
 _SCALARS: Final = frozenset({int, float, str, bytes, bool, type(None)})
@@ -101,7 +101,7 @@ def _storage_error(path: str, action: str, exc: BaseException) -> StateError:
         return StateError(
             f"keyed state at {path}: {action} after close() or destroy(); reopen it with open()"
         )
-    return StateError(f"keyed state at {path}: {action} failed: {_one_line(exc)}; {_FIX}")
+    return StateError(f"keyed state at {path}: {action} failed: {_one_line(exc)}; {STORAGE_FIX}")
 
 
 def _options() -> rocksdict.Options:
@@ -377,28 +377,25 @@ class KeyedState:
         except (TypeError, ValueError, OverflowError):
             raise self._encode_error() from None
         i, n = 0, len(overlay)
-        for key, value in self._scan_raw():
-            while i < n and overlay[i][0] < key:
-                k = overlay[i][1]
-                i += 1
-                if k in cache:  # a dirty key absent from the cache is a delete
-                    yield k, cache[k]
-            if i < n and overlay[i][0] == key:
-                k = overlay[i][1]
-                i += 1
-                if k in cache:
-                    yield k, cache[k]
-                continue
-            yield unpack(key), unpack(value)
+        try:
+            for key, value in cast("Iterator[tuple[bytes, bytes]]", self._db.items()):  # raw mode: bytes
+                while i < n and overlay[i][0] < key:
+                    k = overlay[i][1]
+                    i += 1
+                    if k in cache:  # a dirty key absent from the cache is a delete
+                        yield k, cache[k]
+                if i < n and overlay[i][0] == key:
+                    k = overlay[i][1]
+                    i += 1
+                    if k in cache:
+                        yield k, cache[k]
+                    continue
+                yield unpack(key), unpack(value)
+        except Exception as exc:  # as in _scan: a RocksDB read error, or a value that no longer decodes
+            raise _storage_error(self.path, "iterating the database", exc) from exc
         for _, k in overlay[i:]:
             if k in cache:
                 yield k, cache[k]
-
-    def _scan_raw(self) -> Iterator[tuple[bytes, bytes]]:
-        try:
-            yield from self._db.items()
-        except Exception as exc:
-            raise _storage_error(self.path, "iterating the database", exc) from exc
 
     def __len__(self) -> int:
         """The number of keys: O(1) while the cache holds them all, else a flush and a full scan."""
