@@ -34,7 +34,7 @@ from engine.diagnostics import with_stack_dumps
 from engine.errors import CoordinatorError, JobDefinitionError, JobLoadError, ParameterError, StashflowError
 from engine.loader import JobRef, load_job, parse_params
 from engine.local_run import DashboardSettings, LocalRun, recovery_lines, write_metrics
-from engine.logs import LOG_FORMATS, LOG_LEVELS, setup_logging
+from engine.logs import LOG_FORMATS, LOG_LEVELS, format_name, level_name, setup_logging
 from engine.plan import Plan
 from engine.progress import ProgressView, stdout_is_live
 
@@ -121,15 +121,15 @@ def _parse_kills(specs: tuple[str, ...], plan: Plan) -> list[tuple[str, float]]:
 
 
 def _log_level(value: str, option: str) -> str:
-    level = value.strip().upper()
-    if level not in LOG_LEVELS:
+    level = level_name(value)
+    if level is None:
         _die(f"{option} {value!r} is not a log level; give one of {', '.join(LOG_LEVELS)}", 2)
     return level
 
 
 def _log_format(value: str, option: str) -> str:
-    fmt = value.strip().lower()
-    if fmt not in LOG_FORMATS:
+    fmt = format_name(value)
+    if fmt is None:
         _die(f"{option} {value!r} is not a log format; give one of {', '.join(LOG_FORMATS)}", 2)
     return fmt
 

@@ -63,6 +63,8 @@ __all__ = [
     "current_tags",
     "event",
     "fields_of",
+    "format_name",
+    "level_name",
     "setup_logging",
     "tagged",
 ]
@@ -125,9 +127,21 @@ def current_format() -> str:
     return _configured[1] if _configured is not None else "text"
 
 
-def _level_name(level: str) -> str:
+def level_name(level: str) -> str | None:
+    """``level`` as one of :data:`LOG_LEVELS` (any case, spaces around), or None if it is none."""
     name = str(level).strip().upper()
-    if name not in LOG_LEVELS:
+    return name if name in LOG_LEVELS else None
+
+
+def format_name(fmt: str) -> str | None:
+    """``fmt`` as one of :data:`LOG_FORMATS` (any case, spaces around), or None if it is none."""
+    name = str(fmt).strip().lower()
+    return name if name in LOG_FORMATS else None
+
+
+def _level_name(level: str) -> str:
+    name = level_name(level)
+    if name is None:
         raise ParameterError(
             f"unknown log level {level!r}: use one of {', '.join(LOG_LEVELS)} (any case) "
             "with --log-level or STASHFLOW_LOG_LEVEL"
@@ -136,8 +150,8 @@ def _level_name(level: str) -> str:
 
 
 def _format_name(fmt: str) -> str:
-    name = str(fmt).strip().lower()
-    if name not in LOG_FORMATS:
+    name = format_name(fmt)
+    if name is None:
         raise ParameterError(
             f"unknown log format {fmt!r}: use {' or '.join(LOG_FORMATS)} "
             "with --log-format or STASHFLOW_LOG_FORMAT"
