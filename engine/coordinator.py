@@ -37,6 +37,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -233,14 +234,22 @@ class Coordinator:
         self._spawn(self._deploy(run))
         return run
 
-    def spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` in the background, tied to the coordinator's lifetime."""
         self._spawn(coro)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro, name=getattr(coro, "__qualname__", None))
         self._bg.add(task)
-        task.add_done_callback(self._bg.discard)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        """A background task that raised is a bug: say so, with its traceback, rather than hang quietly."""
+        self._bg.discard(task)
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            log.error("coordinator: background task %s failed: %s: %s (a bug; please report it with this log)",
+                      task.get_name(), type(exc).__name__, exc, exc_info=exc)  # fmt: skip
 
     async def wait(self, job_id: str, timeout: float | None = None) -> JobRun:
         run = self.jobs[job_id]
@@ -248,15 +257,24 @@ class Coordinator:
             await run.done.wait()
         return run
 
-    async def _deploy(self, run: JobRun) -> None:
-        instances = run.plan.instances()
-        if not await self.placement.place_all(run, instances):
-            return
-        by_worker: dict[str, list[str]] = {}
-        for inst, wid in run.placement.items():
-            by_worker.setdefault(wid, []).append(inst)
-        for wid, insts in by_worker.items():
-            await self.workers[wid].send(self._deploy_message(run, insts))
+    async def _deploy(self, run: JobRun, instances: list[str] | None = None) -> None:
+        """Place and deploy ``instances`` (all of the plan's by default) of a job not started yet.
+
+        A worker lost meanwhile is skipped: its instances are placed again when its loss is handled
+        (:meth:`_on_worker_lost`), after this deployment, which holds the job's deploy lock.
+        """
+        instances = run.plan.instances() if instances is None else instances
+        async with run.deploy_lock:
+            if run.state != "deploying" or not await self.placement.place_all(run, instances):
+                return
+            by_worker: dict[str, list[str]] = {}
+            for inst in instances:
+                if inst in run.placement:  # not if its worker was lost meanwhile
+                    by_worker.setdefault(run.placement[inst], []).append(inst)
+            for wid, insts in by_worker.items():
+                w = self.workers.get(wid)
+                if w is not None:
+                    await w.send(self._deploy_message(run, insts))
 
     def _deploy_message(
         self, run: JobRun, insts: list[str], recovery: dict[str, Any] | None = None
@@ -296,8 +314,10 @@ class Coordinator:
             run.state = "running"
             run.started_at = time.time()
             addresses = {k: list(v) for k, v in run.addresses.items()}
-            for wid in set(run.placement.values()):
-                await self.workers[wid].send({"type": "start", "job": run.job_id, "addresses": addresses})
+            for wid in sorted(set(run.placement.values())):
+                w = self.workers.get(wid)  # one lost meanwhile: its instances recover (the job runs now)
+                if w is not None:
+                    await w.send({"type": "start", "job": run.job_id, "addresses": addresses})
             log.info("job %s running: %d instances", run.job_id, len(run.placement),
                      extra={"job": run.job_id, "instances": len(run.placement),
                             "deploy_s": round(run.started_at - run.submitted_at, 3)})  # fmt: skip
@@ -574,9 +594,13 @@ class Coordinator:
                                              "instances": sorted(i for _, i in conn.instances)})  # fmt: skip
         if self.lineage is not None:
             self.lineage.on_worker_gone(conn.worker_id)
+        unstarted: dict[str, list[str]] = {}
         for job_id, inst in sorted(conn.instances):
             run = self.jobs.get(job_id)
             if run is None or run.state in TERMINAL:
+                continue
+            if run.state == "deploying":
+                unstarted.setdefault(job_id, []).append(inst)
                 continue
             if run.recovers:
                 code = None
@@ -601,6 +625,28 @@ class Coordinator:
                 f"instance {inst}: its worker {conn.worker_id} (pid {conn.pid}{exit_info}) went away; "
                 "this fault-tolerance mode (--ft none) does not recover instances",
             )
+        for job_id, insts in unstarted.items():
+            await self._lost_before_start(self.jobs[job_id], insts, conn)
+
+    async def _lost_before_start(self, run: JobRun, insts: list[str], conn: WorkerConn) -> None:
+        """Instances whose worker went away before the job started: nothing of theirs ran, so there is
+        nothing to recover. In a cluster they are placed again, on the workers left; a local worker
+        process (one per instance) that exits before the start crashed: the job fails with its exit code."""
+        for inst in insts:
+            run.placement.pop(inst, None)
+            run.addresses.pop(inst, None)
+            run.deployed.discard(inst)
+        if self.launcher is not None:
+            code = await self.launcher.exit_code(run.job_id, insts[0], wait=1.0)
+            exit_info = f", exit code {code}" if code is not None else ""
+            await self._fail(run, insts[0], f"instance {insts[0]}: its worker process (pid {conn.pid}{exit_info}) "
+                             "exited before the job started; its error is printed above")  # fmt: skip
+            return
+        log.warning("job %s: worker %s (pid %s) went away before the job started; placing %s again",
+                    run.job_id, conn.worker_id, conn.pid, ", ".join(insts),
+                    extra={"job": run.job_id, "worker": conn.worker_id, "worker_pid": conn.pid,
+                           "instances": insts})  # fmt: skip
+        self._spawn(self._deploy(run, insts))
 
     # -- HTTP ----------------------------------------------------------------------------------------
 

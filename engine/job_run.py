@@ -82,6 +82,8 @@ class JobRun:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     kill_times: dict[str, float] = field(default_factory=dict)  # task instance -> when we killed it
     recovering: set[str] = field(default_factory=set)
+    #: held while instances of the job not started yet are placed and deployed
+    deploy_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     lineage: LineageCoordinator | None = None
     #: ``--ft checkpoint``: global checkpoints and rollback (engine.global_rollback)
     checkpoints: GlobalCheckpointCoordinator | None = None

@@ -274,6 +274,11 @@ class Worker:
             await self._cancel(msg["job"], ended=True)
         elif kind == "shutdown":
             self._stop.set()
+        elif kind == "stash_query" and hosted is None:
+            # a job deployed here later, or ended here: nothing held; the recovery need not wait for us
+            await self._send(
+                {"type": "stash_reply", "job": msg["job"], "query": msg["query"], "holdings": []}
+            )
         elif hosted is None:
             return  # a message about a job this worker no longer hosts (it ended here)
         elif kind == "commit":
@@ -412,7 +417,12 @@ class Worker:
         hosted = self.jobs.get(job_id)
         if hosted is None:
             return
-        # the deploy message already filled hosted.services.addresses with this table
+        if hosted.services is not None:
+            # this table is where the job starts: an instance placed again before the start (its worker
+            # was lost while the job deployed) is not where deploy messages said; a moved one keeps its own
+            for name, address in addresses.items():
+                if hosted.services.addresses.get(name, (0, None))[0] == 0:
+                    hosted.services.addresses[name] = (0, address)
         for name, inst in hosted.instances.items():
             if name not in hosted.tasks:
                 hosted.tasks[name] = asyncio.create_task(

@@ -61,6 +61,8 @@ class Cluster:
     logs: Path
     data_ports: dict[str, int]
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: the submits started: one a failed test left running is killed with the cluster
+    submits: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def submit(self, out: Path, n: int, rate: int, *extra: str) -> subprocess.Popen[bytes]:
         args = [
@@ -84,7 +86,28 @@ class Cluster:
             "0.5",
             *extra,
         ]
-        return subprocess.Popen(stashflow(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+        proc = subprocess.Popen(stashflow(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+        self.submits.append(proc)
+        return proc
+
+    def wait_running(self, submit: subprocess.Popen[bytes], timeout: float = 60) -> str:
+        """The id of the job ``submit`` sent, once it runs (its instances deployed and started)."""
+        assert submit.stdout is not None
+        job_id = submit.stdout.readline().decode().strip()  # printed at once, before it waits for the end
+        assert job_id, f"submit printed no job id: {submit.communicate(timeout=30)[1].decode()[-2000:]}"
+        deadline = time.monotonic() + timeout
+        while (state := self.state(job_id)) == "deploying" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert state == "running", f"job {job_id} is {state}"
+        return job_id
+
+    def state(self, job_id: str) -> str:
+        """The job's state, straight from the API (``stashflow status`` takes a second to start)."""
+        req = urllib.request.Request(
+            f"{self.url}/jobs/{job_id}", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.load(resp)["state"]
 
     def status(self, job_id: str) -> dict:
         proc = subprocess.run(
@@ -159,6 +182,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         wait_workers(c.url, len(WORKER_HOSTS), time.monotonic() + 30)
         yield c
     finally:
+        for p in c.submits:
+            if p.poll() is None:
+                p.kill()
+            p.communicate(timeout=10)  # and close its pipes
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGCONT)  # a frozen worker must be able to die
@@ -203,12 +230,12 @@ def test_instances_spread_over_three_workers_and_strays_are_dropped(cluster: Clu
 def test_a_dead_worker_s_instances_recover_on_the_others(cluster: Cluster, tmp_path: Path, how: str):
     out, n = tmp_path / "out", 12000
     submit = cluster.submit(out, n, rate=6000)  # ~2 s of input
-    time.sleep(0.8)
+    job_id = cluster.wait_running(submit)
+    time.sleep(0.2)
     victim = cluster.workers[WORKER_HOSTS[1]]
     victim.send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
-    stdout, stderr = submit.communicate(timeout=90)
+    _, stderr = submit.communicate(timeout=90)
     assert submit.returncode == 0, stderr.decode()[-3000:]
-    job_id = stdout.decode().strip().splitlines()[0]
     check_output(out, n)
     status = cluster.status(job_id)
     restarted = {m["task"] for m in status["instances"].values() if m["restarts"]}
@@ -222,11 +249,11 @@ def test_a_dead_worker_is_one_global_rollback_under_checkpoint_mode(cluster: Clu
     """The worker hosted several instances: their losses are one rollback of every instance, not several."""
     out, n = tmp_path / "out", 12000
     submit = cluster.submit(out, n, 6000, "--ft", "checkpoint")
-    time.sleep(1.0)
+    job_id = cluster.wait_running(submit)
+    time.sleep(0.5)
     cluster.workers[WORKER_HOSTS[2]].send_signal(signal.SIGKILL)
-    stdout, stderr = submit.communicate(timeout=90)
+    _, stderr = submit.communicate(timeout=90)
     assert submit.returncode == 0, stderr.decode()[-3000:]
-    job_id = stdout.decode().strip().splitlines()[0]
     check_output(out, n)
     status = cluster.status(job_id)
     assert {m["restarts"] for m in status["instances"].values()} == {1}, stderr.decode()[-2000:]
