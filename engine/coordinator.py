@@ -600,6 +600,10 @@ class Coordinator:
             if run is None or run.state in TERMINAL:
                 continue
             if run.state == "deploying":
+                # unplaced at once, before any await: the job must not start counting on them
+                run.placement.pop(inst, None)
+                run.addresses.pop(inst, None)
+                run.deployed.discard(inst)
                 unstarted.setdefault(job_id, []).append(inst)
                 continue
             if run.recovers:
@@ -632,10 +636,6 @@ class Coordinator:
         """Instances whose worker went away before the job started: nothing of theirs ran, so there is
         nothing to recover. In a cluster they are placed again, on the workers left; a local worker
         process (one per instance) that exits before the start crashed: the job fails with its exit code."""
-        for inst in insts:
-            run.placement.pop(inst, None)
-            run.addresses.pop(inst, None)
-            run.deployed.discard(inst)
         if self.launcher is not None:
             code = await self.launcher.exit_code(run.job_id, insts[0], wait=1.0)
             exit_info = f", exit code {code}" if code is not None else ""

@@ -100,7 +100,8 @@ async def arun(
         finally:
             worker._stop.set()
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(serving, 10)
+                async with asyncio.timeout(10):  # not wait_for: 3.11's could swallow a cancel
+                    await serving
     status = jobrun.status()
     result = RunResult(
         jobrun.job_id, jobrun.state, jobrun.error, status["elapsed_s"], status["instances"], status
