@@ -13,15 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
 from typing import Any
 
 import aiohttp
 import pytest
-import union_count
+from test_recovery import assert_exactly_once, union_job, until
 
-from connectors import CollectSink, GeneratorSource
-from engine import Job
+from connectors import CollectSink
 from engine.codec import pack, unpack
 from engine.config import JobConfig
 from engine.coordinator import Coordinator
@@ -30,21 +28,6 @@ from engine.worker import Worker
 
 TOKEN = "placement-test-token"
 N = 300
-
-
-def union_job(sink: CollectSink) -> Job:
-    job = Job("union_placement", parallelism=2)
-    left = job.source("left", GeneratorSource(lambda i: union_count.sentence(i, 1), count=N))
-    right = job.source("right", GeneratorSource(lambda i: union_count.sentence(i, 2), count=N))
-    words = left.union("merge", right).flat_map("split", str.split)
-    words.key_by(lambda w: w).count("count").sink("write", sink)
-    return job
-
-
-async def until(condition: Any, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
 
 
 async def start_worker(coord: Coordinator, tmp: str, slots: int) -> tuple[Worker, asyncio.Task[None]]:
@@ -61,23 +44,25 @@ async def test_a_worker_lost_before_the_job_starts_has_its_instances_placed_agai
     came, so the others were told its address (the job must start with the new one)."""
     caplog.set_level(logging.INFO, "stashflow")
     sink = CollectSink()
-    job = union_job(sink)
+    job = union_job(N, sink)
     instances = 8  # 4 tasks (the sink runs in count's) x parallelism 2
     workers: list[tuple[Worker, asyncio.Task[None]]] = []
     async with Coordinator(port=0, token=TOKEN) as coord:
         try:
             # placing: 3 + 3 slots for 8 instances, the placement waits for more; deployed: room for all
-            workers.append(await start_worker(coord, str(tmp_path / "w1"), slots=3 if when == "placing" else 8))
-            await until(lambda: len(coord.workers) == 1)
+            workers.append(
+                await start_worker(coord, str(tmp_path / "w1"), slots=3 if when == "placing" else 8)
+            )
+            await until(lambda: len(coord.workers) == 1, 10)
             headers = {"Authorization": f"Bearer {TOKEN}"}
             async with aiohttp.ClientSession() as session:
                 fake = await session.ws_connect(coord.url + "/ws/worker", headers=headers)
                 register = {"type": "register", "worker": "a-fake", "address": ["tcp", "127.0.0.1", 9]}
                 await fake.send_bytes(pack({**register, "slots": 3, "pin": None, "pid": 0}))
-                await until(lambda: "a-fake" in coord.workers)
+                await until(lambda: "a-fake" in coord.workers, 10)
                 run = coord.submit(register_in_process(job), {}, JobConfig(ft=ft, checkpoint_interval=0.2))
                 if when == "placing":
-                    await until(lambda: len(run.placement) == 6)
+                    await until(lambda: len(run.placement) == 6, 10)
                 else:
                     async with asyncio.timeout(10):
                         while unpack((await fake.receive()).data)["type"] != "deploy":
@@ -85,7 +70,7 @@ async def test_a_worker_lost_before_the_job_starts_has_its_instances_placed_agai
                 on_fake = sorted(i for i, w in run.placement.items() if w == "a-fake")
                 assert len(on_fake) == 3 and run.state == "deploying"
                 await fake.close()
-                await until(lambda: "a-fake" not in coord.workers)
+                await until(lambda: "a-fake" not in coord.workers, 10)
                 if when == "placing":
                     workers.append(await start_worker(coord, str(tmp_path / "w2"), slots=8))
                 await coord.wait(run.job_id, timeout=30)
@@ -98,11 +83,7 @@ async def test_a_worker_lost_before_the_job_starts_has_its_instances_placed_agai
     assert run.state == "finished", run.error
     assert len(run.placement) == instances and "a-fake" not in run.placement.values()
     assert all(not st.get("restarts") for st in run.stats.values()), run.stats
-    expected = Counter(w for salt in (1, 2) for i in range(N) for w in union_count.sentence(i, salt).split())
-    got: dict[str, list[int]] = {}
-    for word, count in sink.records:
-        got.setdefault(word, []).append(count)
-    assert {w: sorted(c) for w, c in got.items()} == {w: list(range(1, c + 1)) for w, c in expected.items()}
+    assert_exactly_once(sink.records, N)
     assert f"worker a-fake (pid 0) went away before the job started; placing {', '.join(on_fake)} again" in (
         caplog.text
     )
