@@ -231,7 +231,7 @@ class Coordinator:
         log.info("job %s submitted: %d tasks, %d instances (--ft %s)", job_id, len(plan.tasks),
                  len(plan.instances()), config.ft,
                  extra={"job": job_id, "instances": len(plan.instances()), "ft": config.ft})  # fmt: skip
-        self._spawn(self._deploy(run))
+        self._spawn(self.placement.deploy(run))
         return run
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -256,25 +256,6 @@ class Coordinator:
         async with asyncio.timeout(timeout):  # not wait_for: 3.11's could swallow a cancel
             await run.done.wait()
         return run
-
-    async def _deploy(self, run: JobRun, instances: list[str] | None = None) -> None:
-        """Place and deploy ``instances`` (all of the plan's by default) of a job not started yet.
-
-        A worker lost meanwhile is skipped: its instances are placed again when its loss is handled
-        (:meth:`_on_worker_lost`), after this deployment, which holds the job's deploy lock.
-        """
-        instances = run.plan.instances() if instances is None else instances
-        async with run.deploy_lock:
-            if run.state != "deploying" or not await self.placement.place_all(run, instances):
-                return
-            by_worker: dict[str, list[str]] = {}
-            for inst in instances:
-                if inst in run.placement:  # not if its worker was lost meanwhile
-                    by_worker.setdefault(run.placement[inst], []).append(inst)
-            for wid, insts in by_worker.items():
-                w = self.workers.get(wid)
-                if w is not None:
-                    await w.send(self._deploy_message(run, insts))
 
     def _deploy_message(
         self, run: JobRun, insts: list[str], recovery: dict[str, Any] | None = None
@@ -630,23 +611,7 @@ class Coordinator:
                 "this fault-tolerance mode (--ft none) does not recover instances",
             )
         for job_id, insts in unstarted.items():
-            await self._lost_before_start(self.jobs[job_id], insts, conn)
-
-    async def _lost_before_start(self, run: JobRun, insts: list[str], conn: WorkerConn) -> None:
-        """Instances whose worker went away before the job started: nothing of theirs ran, so there is
-        nothing to recover. In a cluster they are placed again, on the workers left; a local worker
-        process (one per instance) that exits before the start crashed: the job fails with its exit code."""
-        if self.launcher is not None:
-            code = await self.launcher.exit_code(run.job_id, insts[0], wait=1.0)
-            exit_info = f", exit code {code}" if code is not None else ""
-            await self._fail(run, insts[0], f"instance {insts[0]}: its worker process (pid {conn.pid}{exit_info}) "
-                             "exited before the job started; its error is printed above")  # fmt: skip
-            return
-        log.warning("job %s: worker %s (pid %s) went away before the job started; placing %s again",
-                    run.job_id, conn.worker_id, conn.pid, ", ".join(insts),
-                    extra={"job": run.job_id, "worker": conn.worker_id, "worker_pid": conn.pid,
-                           "instances": insts})  # fmt: skip
-        self._spawn(self._deploy(run, insts))
+            await self.placement.lost_before_start(self.jobs[job_id], insts, conn)
 
     # -- HTTP ----------------------------------------------------------------------------------------
 

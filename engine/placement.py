@@ -3,7 +3,8 @@
 A worker pinned to an instance (local mode) gets exactly that one; otherwise instances go round-robin
 to registered workers with free slots. In local mode a running job's restarted instances first adopt
 the job's idle spare workers (pinned ``JOB:~spare-N``, :mod:`engine.launcher`): re-pinned here, they
-host the instance without a new process having to start.
+host the instance without a new process having to start. A worker lost before its job started took
+nothing that ran with it: its instances are placed and deployed again (:meth:`Placement.lost_before_start`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,41 @@ class Placement:
         self._repins: dict[str, str] = {}
         #: local mode: pins of spares whose connection closed before they were adopted (dead)
         self._lost_spares: set[str] = set()
+
+    async def deploy(self, run: JobRun, instances: list[str] | None = None) -> None:
+        """Place and deploy ``instances`` (all of the plan's by default) of a job not started yet.
+
+        A worker lost meanwhile is skipped: its instances are placed again when its loss is handled
+        (:meth:`lost_before_start`), after this deployment, which holds the job's deploy lock.
+        """
+        instances = run.plan.instances() if instances is None else instances
+        async with run.deploy_lock:
+            if run.state != "deploying" or not await self.place_all(run, instances):
+                return
+            by_worker: dict[str, list[str]] = {}
+            for inst in instances:
+                if inst in run.placement:  # not if its worker was lost meanwhile
+                    by_worker.setdefault(run.placement[inst], []).append(inst)
+            for wid, insts in by_worker.items():
+                w = self.coord.workers.get(wid)
+                if w is not None:
+                    await w.send(self.coord._deploy_message(run, insts))
+
+    async def lost_before_start(self, run: JobRun, insts: list[str], conn: WorkerConn) -> None:
+        """Instances whose worker went away before the job started: nothing of theirs ran, so there is
+        nothing to recover. In a cluster they are placed again, on the workers left; a local worker
+        process (one per instance) that exits before the start crashed: the job fails with its exit code."""
+        if self.coord.launcher is not None:
+            code = await self.coord.launcher.exit_code(run.job_id, insts[0], wait=1.0)
+            exit_info = f", exit code {code}" if code is not None else ""
+            await self.coord.fail_job(run, insts[0], f"instance {insts[0]}: its worker process (pid {conn.pid}"
+                                      f"{exit_info}) exited before the job started; its error is printed above")  # fmt: skip
+            return
+        log.warning("job %s: worker %s (pid %s) went away before the job started; placing %s again",
+                    run.job_id, conn.worker_id, conn.pid, ", ".join(insts),
+                    extra={"job": run.job_id, "worker": conn.worker_id, "worker_pid": conn.pid,
+                           "instances": insts})  # fmt: skip
+        self.coord.spawn(self.deploy(run, insts))
 
     async def place_all(self, run: JobRun, instances: list[str]) -> bool:
         """Place ``instances`` (launching their processes in local mode); fail the job if that fails."""
