@@ -97,7 +97,8 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             type=float,
             default=JobConfig.log_flush_ms,
             show_default=True,
-            help="how long determinants gather before they are shipped to the GCS (at most 1 ms in a sink's instance)",
+            help="how long determinants gather before they are shipped to the GCS (at most 1 ms while a sink's "
+            "output waits for them)",
         ),
     ]
     for option in reversed(options):

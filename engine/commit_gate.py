@@ -45,6 +45,8 @@ class CommitGate:
         self.stamp: BatchStamp | None = None
         self.drained = asyncio.Event()
         self.drained.set()
+        #: set while a batch is held: the instance's log flusher then ships at the sink's cadence
+        self.holding = asyncio.Event()
         self.below_limit = asyncio.Event()
         self.below_limit.set()
         self.max_held = 0
@@ -63,6 +65,7 @@ class CommitGate:
         self.held.append((frontier, writer, writer.prepare(records), len(records), ingest))
         self.max_held = max(self.max_held, len(self.held))
         self.drained.clear()
+        self.holding.set()
         if len(self.held) >= self.LIMIT:
             self.below_limit.clear()
 
@@ -77,6 +80,7 @@ class CommitGate:
             self.below_limit.set()
         if not held:
             self.drained.set()
+            self.holding.clear()
 
     def snapshot(self) -> list[tuple[dict[str, int], int, Any, int]]:
         """Held batches belong to a checkpoint: they were processed before it but not yet written."""
@@ -94,3 +98,4 @@ class CommitGate:
             self.held.append((dict(frontier), writers[index], prepared, int(count), None))
         if self.held:
             self.drained.clear()
+            self.holding.set()

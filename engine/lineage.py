@@ -67,9 +67,12 @@ __all__ = ["LineageFT", "LineageSender", "LineageServices", "Recovery", "WalFT"]
 
 log = logging.getLogger("stashflow.lineage")
 
-#: the longest a sink's instance lets its determinants gather before it ships them (``--log-flush-ms``
-#: is for the others: a sink's output waits for its own log, so its flushes are on the latency path)
+#: the longest a sink's instance lets its determinants gather while output waits for them in its commit
+#: gate (``--log-flush-ms`` is for the rest: then its flushes are on the latency path)
 SINK_LOG_FLUSH_S = 0.001
+#: the longest an instance that sends to no one (a sink's) lets its determinants gather while no output
+#: waits for them: nothing else does (no stash holds them), only its own checkpoints' completion
+LEAF_LOG_FLUSH_S = 0.05
 
 _OUTPUT_LOGS = "output-logs.msgpack"  # a checkpoint's file of the frames its receivers may ask again
 
@@ -320,6 +323,7 @@ class LineageFT(SnapshottingFT):
         self.replayed_batches = 0
         self.delta_bytes = 0
         self.frames_sent = 0
+        self.log_messages = 0  # log segments shipped to the GCS
         self.checkpoints_taken = 0
         self._log_dirty = asyncio.Event()
         self._committed_changed = asyncio.Event()
@@ -440,21 +444,31 @@ class LineageFT(SnapshottingFT):
     async def _flush_log(self) -> None:
         """Ship new determinants to the GCS in batches, off the critical path (DESIGN.md §5.3).
 
-        At most one message per ``log_flush_s`` (:data:`SINK_LOG_FLUSH_S` at most in a sink's
-        instance): the first determinants after a quiet spell leave at once (a sink waiting for them
-        releases output sooner), and under load they gather for the rest of the interval (fewer,
-        larger messages).
+        At most one message per ``log_flush_s``; while a sink's output waits in the commit gate, at
+        most one per :data:`SINK_LOG_FLUSH_S`; from an instance no other depends on (it sends to no
+        one) with no output waiting, one per :data:`LEAF_LOG_FLUSH_S`. The first determinants after
+        a quiet spell leave at once (a sink waiting for them releases output sooner), and under load
+        they gather for the rest of the interval (fewer, larger messages).
         """
         services, name = self.services, self.instance.name
-        # a sink's output waits for its own determinants (the output-commit rule, §5.5): they leave
-        # within 1 ms; an upstream instance's are mostly committed before its batches reach a sink
-        interval = (
-            min(services.log_flush_s, SINK_LOG_FLUSH_S) if self.sink_writers() else services.log_flush_s
-        )
+        # a sink's output waits for its own determinants (the output-commit rule, §5.5): while some
+        # waits, they leave within 1 ms. An upstream instance's are mostly committed before its batches
+        # reach a sink. A leaf with nothing held (a windowed sink between two firings) is on no one's
+        # path: only its own checkpoints wait for its log, and a message per batch would load the
+        # coordinator for nothing
+        idle = services.log_flush_s if self.senders else max(services.log_flush_s, LEAF_LOG_FLUSH_S)
+        fast = min(services.log_flush_s, SINK_LOG_FLUSH_S) if self.sink_writers() else idle
+        holding = self.gate.holding
         last = 0.0
         while True:
             await self._log_dirty.wait()
-            wait = last + interval - time.monotonic()
+            wait = last + (fast if holding.is_set() else idle) - time.monotonic()
+            if wait > 0 and fast < idle and not holding.is_set():
+                # output that starts waiting cuts the longer interval short
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await holding.wait()
+                wait = last + fast - time.monotonic() if holding.is_set() else 0
             if wait > 0:
                 await asyncio.sleep(wait)
             last = time.monotonic()
@@ -463,6 +477,7 @@ class LineageFT(SnapshottingFT):
             if taken is None:
                 continue
             start, dets = taken
+            self.log_messages += 1
             await services.send({
                 "type": "log", "job": services.job_id, "instance": name, "incarnation": self.incarnation,
                 "start": start, "count": len(dets), "entries": encode(dets), "sent_at": time.time(),
@@ -638,6 +653,7 @@ class LineageFT(SnapshottingFT):
         return {
             "ft": "lineage",
             "log_end": self.log.end,
+            "log_messages": self.log_messages,
             "stash_entries": st.entries + st.own_uncommitted,
             "stash_entries_max": st.entries_max,
             "stash_bytes": st.encoded_bytes,

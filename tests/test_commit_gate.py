@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
 from connectors import CollectSink, GeneratorSource
-from engine import Job
+from engine import Job, lineage
 from engine.causal_log import CausalLog
 from engine.codec import pack, unpack
 from engine.commit_gate import CommitGate
@@ -154,3 +156,22 @@ def test_a_sinks_output_does_not_wait_for_the_log_flush_interval() -> None:
     assert latency["count"] >= 20
     # with the 400 ms interval, most batches would wait 200 ms or more for their commit
     assert latency["p50_ms"] < 100, latency
+
+
+def test_a_sink_with_nothing_held_ships_its_log_at_the_leaf_pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An instance that sends to no one ships its log once per LEAF_LOG_FLUSH_S while no output waits for
+    it (not once per batch: those messages would load the coordinator for nothing), and at the sink's
+    pace again as soon as output waits: the rare outputs are not held for the longer interval."""
+    monkeypatch.setattr(lineage, "LEAF_LOG_FLUSH_S", 0.5)  # so that waiting it out would show
+    job = Job("leaf_flush", parallelism=1)
+    out = CollectSink()
+    nums = job.source("nums", GeneratorSource(lambda i: i, count=3000, rate=2000))
+    nums.filter("rare", lambda i: i % 500 == 499).sink("out", out)
+    result = run(job, batch_size=20, flush_ms=5)
+    assert sorted(out.records) == [499, 999, 1499, 1999, 2499, 2999]
+    instance = result.instances["out/0"]
+    batches = result.instances["nums/0"]["batches_in"]
+    assert batches >= 60, instance  # a batch every 10 ms or so: one message per batch at the sink's pace
+    assert instance["log_messages"] < batches / 4, (instance["log_messages"], batches)
+    latency = instance["latency"]
+    assert latency["count"] == 6 and latency["p50_ms"] < 100, latency  # 250 ms if it waited the interval
