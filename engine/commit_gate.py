@@ -45,7 +45,7 @@ class CommitGate:
         self.stamp: BatchStamp | None = None
         self.drained = asyncio.Event()
         self.drained.set()
-        #: set while a batch is held: the instance's log flusher then ships at the sink's cadence
+        #: set while a batch is held: the instance's log flusher then ships at the sink's pace
         self.holding = asyncio.Event()
         self.below_limit = asyncio.Event()
         self.below_limit.set()
@@ -66,6 +66,7 @@ class CommitGate:
         self.max_held = max(self.max_held, len(self.held))
         self.drained.clear()
         self.holding.set()
+        self.ft.want_log()  # it waits for our own determinants too (its RECV at least)
         if len(self.held) >= self.LIMIT:
             self.below_limit.clear()
 

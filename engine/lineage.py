@@ -70,9 +70,9 @@ log = logging.getLogger("stashflow.lineage")
 #: the longest a sink's instance lets its determinants gather while output waits for them in its commit
 #: gate (``--log-flush-ms`` is for the rest: then its flushes are on the latency path)
 SINK_LOG_FLUSH_S = 0.001
-#: the longest an instance that sends to no one (a sink's) lets its determinants gather while no output
-#: waits for them: nothing else does (no stash holds them), only its own checkpoints' completion
-LEAF_LOG_FLUSH_S = 0.05
+#: the longest determinants that nothing waits for yet stay unshipped: none of this instance's batches
+#: sent since depends on them and no output is held for them; only its own checkpoints' completion does
+LAZY_LOG_FLUSH_S = 0.05
 
 _OUTPUT_LOGS = "output-logs.msgpack"  # a checkpoint's file of the frames its receivers may ask again
 
@@ -153,6 +153,8 @@ class LineageSender(ChannelSender):
         batch = Batch(seq, records, watermark=watermark, lineage=delta, ingest_ns=ingest_ns, idle=idle)
         frame = encode_batch(batch)
         self.outlog.append(seq, frame)
+        if not ft.replaying:
+            ft.want_log()  # the receiver's state will depend on what we logged before this batch
         ft.delta_bytes += len(delta) if delta else 0
         ft.frames_sent += 1
         if seq <= self.receiver_holds:
@@ -325,7 +327,8 @@ class LineageFT(SnapshottingFT):
         self.frames_sent = 0
         self.log_messages = 0  # log segments shipped to the GCS
         self.checkpoints_taken = 0
-        self._log_dirty = asyncio.Event()
+        self._log_wanted = asyncio.Event()  # determinants wait for shipping that something depends on
+        self._lazy: asyncio.TimerHandle | None = None  # ships the rest after LAZY_LOG_FLUSH_S
         self._committed_changed = asyncio.Event()
         self.commit_wait_s = 0.0  # time the loop spent waiting for the GCS (write-first only)
         self._flusher: asyncio.Task[None] | None = None
@@ -366,12 +369,15 @@ class LineageFT(SnapshottingFT):
     async def finish(self) -> None:
         """End of input: wait until every held sink batch is released, then flush the writers again."""
         self.check_snapshot()
-        self._log_dirty.set()
+        self.want_log()
         await self.gate.drained.wait()
         for writer in self.sink_writers():
             writer.flush()
 
     async def aclose(self) -> None:
+        if self._lazy is not None:
+            self._lazy.cancel()
+            self._lazy = None
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -394,7 +400,7 @@ class LineageFT(SnapshottingFT):
             self.replayed_batches += 1
         else:
             self.log.recv(index)
-            self._mark_dirty()
+            self._logged()
         self.clock.next_batch()
 
     def on_source(self, offset: Any, count: int) -> None:
@@ -402,24 +408,24 @@ class LineageFT(SnapshottingFT):
             self.replayed_batches += 1
         else:
             self.log.append(source(offset, count))
-            self._mark_dirty()
+            self._logged()
         self.clock.next_batch()
 
     def on_flush(self) -> None:
         if not self.replaying:
             self.log.append(flush())
-            self._mark_dirty()
+            self._logged()
 
     def on_timer(self, time_ns: int) -> None:
         if not self.replaying:
             self.log.append(timer(time_ns))
-            self._mark_dirty()
+            self._logged()
         self.clock.next_batch()
 
     def on_idle(self) -> None:
         if not self.replaying:
             self.log.append(idle_determinant())
-            self._mark_dirty()
+            self._logged()
 
     def read_time(self) -> int:
         if self.replaying:
@@ -437,42 +443,47 @@ class LineageFT(SnapshottingFT):
         self.log.append(rand(value))
         return value
 
-    def _mark_dirty(self) -> None:
-        if not self._log_dirty.is_set():
-            self._log_dirty.set()
+    def want_log(self) -> None:
+        """Something depends on the determinants logged so far (a batch sent, output held): ship them
+        at the instance's pace (``log_flush_s``, or :data:`SINK_LOG_FLUSH_S` while output is held)."""
+        if not self._log_wanted.is_set():
+            self._log_wanted.set()
+
+    def _logged(self) -> None:
+        """A determinant was logged: shipped with the next batch sent or output held, or lazily."""
+        if self._lazy is None:
+            lazy = max(self.services.log_flush_s, LAZY_LOG_FLUSH_S)
+            self._lazy = asyncio.get_running_loop().call_later(lazy, self.want_log)
 
     async def _flush_log(self) -> None:
         """Ship new determinants to the GCS in batches, off the critical path (DESIGN.md §5.3).
 
-        At most one message per ``log_flush_s``; while a sink's output waits in the commit gate, at
-        most one per :data:`SINK_LOG_FLUSH_S`; from an instance no other depends on (it sends to no
-        one) with no output waiting, one per :data:`LEAF_LOG_FLUSH_S`. The first determinants after
-        a quiet spell leave at once (a sink waiting for them releases output sooner), and under load
-        they gather for the rest of the interval (fewer, larger messages).
+        Determinants leave once something depends on them: a batch sent (a sink downstream may hold
+        output for them), output held here, a checkpoint; the others after :data:`LAZY_LOG_FLUSH_S`.
+        At most one message per ``log_flush_s``, one per :data:`SINK_LOG_FLUSH_S` while output waits
+        in the commit gate. The first after a quiet spell leave at once (a sink waiting for them
+        releases output sooner); under load they gather for the rest of the interval (fewer, larger
+        messages). A source's ``SOURCE`` and the ``FLUSH`` that sends its batch go in one message, and
+        a sink after a window sends none per input batch between two firings.
         """
         services, name = self.services, self.instance.name
         # a sink's output waits for its own determinants (the output-commit rule, §5.5): while some
         # waits, they leave within 1 ms. An upstream instance's are mostly committed before its batches
-        # reach a sink. A leaf with nothing held (a windowed sink between two firings) is on no one's
-        # path: only its own checkpoints wait for its log, and a message per batch would load the
-        # coordinator for nothing
-        idle = services.log_flush_s if self.senders else max(services.log_flush_s, LEAF_LOG_FLUSH_S)
-        fast = min(services.log_flush_s, SINK_LOG_FLUSH_S) if self.sink_writers() else idle
+        # reach a sink
+        slow = services.log_flush_s
+        fast = min(slow, SINK_LOG_FLUSH_S) if self.sink_writers() else slow
         holding = self.gate.holding
         last = 0.0
         while True:
-            await self._log_dirty.wait()
-            wait = last + (fast if holding.is_set() else idle) - time.monotonic()
-            if wait > 0 and fast < idle and not holding.is_set():
-                # output that starts waiting cuts the longer interval short
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await holding.wait()
-                wait = last + fast - time.monotonic() if holding.is_set() else 0
+            await self._log_wanted.wait()
+            wait = last + (fast if holding.is_set() else slow) - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             last = time.monotonic()
-            self._log_dirty.clear()
+            self._log_wanted.clear()
+            if self._lazy is not None:
+                self._lazy.cancel()
+                self._lazy = None
             taken = self.log.take_unflushed()
             if taken is None:
                 continue
@@ -534,7 +545,7 @@ class LineageFT(SnapshottingFT):
     async def between_batches(self) -> None:
         self.check_snapshot()
         if not self.gate.below_limit.is_set():
-            self._mark_dirty()  # the held output waits for our own determinants too: flush them now
+            self.want_log()  # the held output waits for our own determinants too: flush them now
             await self.gate.below_limit.wait()
         if (
             self.replaying
@@ -588,7 +599,7 @@ class LineageFT(SnapshottingFT):
         """The checkpoint is on disk: the coordinator may now complete it."""
         self.pending_checkpoints[checkpoint_id] = log_position
         self.checkpoints_taken += 1
-        self._mark_dirty()
+        self.want_log()
         await self.services.send(message)
 
     # -- messages from the coordinator -------------------------------------------------------------
@@ -610,7 +621,7 @@ class LineageFT(SnapshottingFT):
         began = time.perf_counter()
         while self.committed.get(name, 0) < position:
             self._committed_changed.clear()
-            self._mark_dirty()
+            self.want_log()
             await self._committed_changed.wait()
         self.commit_wait_s += time.perf_counter() - began
 

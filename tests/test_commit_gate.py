@@ -48,7 +48,8 @@ class PlainWriter(SinkWriter):
 
 
 class FakeFT:
-    """What a CommitGate uses of its LineageFT: the stash, the commit positions, the sink writers."""
+    """What a CommitGate uses of its LineageFT: the stash, the commit positions, the sink writers, and
+    the call for its log (counted)."""
 
     def __init__(self, writers: list[SinkWriter]):
         self.log = CausalLog(owner="write/0")
@@ -56,6 +57,10 @@ class FakeFT:
         self.stash.attach_own(self.log)
         self.committed: dict[str, int] = {}
         self.writers = writers
+        self.log_wanted = 0
+
+    def want_log(self) -> None:
+        self.log_wanted += 1
 
     def sink_writers(self) -> list[SinkWriter]:
         return self.writers
@@ -71,7 +76,7 @@ def test_nothing_held_and_nothing_uncommitted_writes_at_once_without_preparing()
     gate = CommitGate(ft)  # type: ignore[arg-type]
     gate.hold(writer, ["a", "b"], None)
     assert writer.calls == ["write_batch"] and writer.lines == ["a", "b"]
-    assert gate.drained.is_set()
+    assert gate.drained.is_set() and not gate.holding.is_set() and ft.log_wanted == 0
 
 
 def test_held_batches_are_prepared_at_once_and_written_in_order_as_commits_cover_them():
@@ -85,6 +90,7 @@ def test_held_batches_are_prepared_at_once_and_written_in_order_as_commits_cover
     assert writer.calls == ["prepare", "prepare"] and writer.lines == []
     assert [entry[2:4] for entry in gate.held] == [(b"a,b", 2), (b"c", 1)]
     assert not gate.drained.is_set()
+    assert gate.holding.is_set() and ft.log_wanted == 2  # each held batch calls for our log
 
     ft.commit(1)
     gate.release()
@@ -92,7 +98,7 @@ def test_held_batches_are_prepared_at_once_and_written_in_order_as_commits_cover
     ft.commit(2)
     gate.release()
     assert writer.lines == ["a", "b", "c"] and writer.calls[2:] == ["write_prepared", "write_prepared"]
-    assert gate.drained.is_set()
+    assert gate.drained.is_set() and not gate.holding.is_set()
 
 
 def test_a_checkpoint_keeps_the_prepared_batches_and_a_restore_writes_them_once_committed():
@@ -159,10 +165,10 @@ def test_a_sinks_output_does_not_wait_for_the_log_flush_interval() -> None:
 
 
 def test_a_sink_with_nothing_held_ships_its_log_at_the_leaf_pace(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An instance that sends to no one ships its log once per LEAF_LOG_FLUSH_S while no output waits for
+    """An instance that sends to no one ships its log once per LAZY_LOG_FLUSH_S while no output waits for
     it (not once per batch: those messages would load the coordinator for nothing), and at the sink's
     pace again as soon as output waits: the rare outputs are not held for the longer interval."""
-    monkeypatch.setattr(lineage, "LEAF_LOG_FLUSH_S", 0.5)  # so that waiting it out would show
+    monkeypatch.setattr(lineage, "LAZY_LOG_FLUSH_S", 0.5)  # so that waiting it out would show
     job = Job("leaf_flush", parallelism=1)
     out = CollectSink()
     nums = job.source("nums", GeneratorSource(lambda i: i, count=3000, rate=2000))
@@ -175,3 +181,18 @@ def test_a_sink_with_nothing_held_ships_its_log_at_the_leaf_pace(monkeypatch: py
     assert instance["log_messages"] < batches / 4, (instance["log_messages"], batches)
     latency = instance["latency"]
     assert latency["count"] == 6 and latency["p50_ms"] < 100, latency  # 250 ms if it waited the interval
+
+
+def test_a_sources_log_leaves_with_the_batches_that_depend_on_it() -> None:
+    """Determinants are shipped when a batch that depends on them is sent, not when they are logged: a
+    source batch cut at SOURCE and sent at the timer's FLUSH 5 ms later costs one log message, not two."""
+    job = Job("source_flush", parallelism=2)
+    out = CollectSink()
+    nums = job.source("nums", GeneratorSource(lambda i: i, count=2000, rate=2000))
+    nums.key_by(lambda i: i % 4).count("count").sink("out", out)
+    result = run(job, batch_size=100, flush_ms=5)
+    assert len(out.records) == 2000
+    source = result.instances["nums/0"]
+    # every batch is cut (SOURCE) and, below the batch size per receiver, sent by the timer (FLUSH)
+    assert source["log_end"] >= 2 * source["batches_in"] - 1 >= 15, source
+    assert source["log_messages"] <= source["batches_in"] + 1, source
