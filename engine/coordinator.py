@@ -528,6 +528,9 @@ class Coordinator:
         if kind == "log" and run.lineage is not None:
             run.lineage.on_log(run, data)  # checked now; stored with the others of this loop turn
             return
+        if kind == "waiting" and run.lineage is not None:
+            run.lineage.on_waiting(run, data)
+            return
         if kind == "checkpoint" and run.lineage is not None:
             self._spawn(run.lineage.on_checkpoint(run, data))
             return

@@ -346,6 +346,8 @@ class LineageFT(SnapshottingFT):
             inst.gate.tolerate_broken = True
         self.restore_operators(restart=self.recovery is not None)
         self.gate.restore(self.restored_held())  # held again: released as commits cover them
+        if self.gate.held:
+            self.want_log()  # the coordinator must hear that our output waits
         self._flusher = asyncio.create_task(self._flush_log(), name=f"log-flush {inst.name}")
         for sender in self.senders:  # a receiver that restarted too may hold less than our checkpoint
             await sender.catch_up()
@@ -474,6 +476,7 @@ class LineageFT(SnapshottingFT):
         fast = min(slow, SINK_LOG_FLUSH_S) if self.sink_writers() else slow
         holding = self.gate.holding
         last = 0.0
+        told = False  # what the coordinator last heard: whether our output waits for commits
         while True:
             await self._log_wanted.wait()
             wait = last + (fast if holding.is_set() else slow) - time.monotonic()
@@ -484,14 +487,25 @@ class LineageFT(SnapshottingFT):
             if self._lazy is not None:
                 self._lazy.cancel()
                 self._lazy = None
+            # the coordinator publishes commits at once only to the workers of instances whose output
+            # waits; the others hear of them every 100 ms (their stashes trim)
+            waiting = holding.is_set()
             taken = self.log.take_unflushed()
             if taken is None:
+                if waiting and not told:  # our determinants left already, before the output was held
+                    told = True
+                    await services.send({
+                        "type": "waiting", "job": services.job_id, "instance": name,
+                        "incarnation": self.incarnation, "waiting": True,
+                    })  # fmt: skip
                 continue
             start, dets = taken
             self.log_messages += 1
+            told = waiting
             await services.send({
                 "type": "log", "job": services.job_id, "instance": name, "incarnation": self.incarnation,
                 "start": start, "count": len(dets), "entries": encode(dets), "sent_at": time.time(),
+                "waiting": waiting,
             })  # fmt: skip
 
     # -- output -------------------------------------------------------------------------------------

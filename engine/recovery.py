@@ -116,6 +116,16 @@ class _JobLineage:
     log_messages: int = 0
     #: task instance -> when its latest checkpoint became complete (wall clock)
     checkpointed_at: dict[str, float] = field(default_factory=dict)
+    #: instances whose output waits for commits (as their latest log or ``waiting`` message said):
+    #: their workers hear of commits at once, the others every ``trim_publish_s``
+    waiting: set[str] = field(default_factory=set)
+
+
+#: how often the workers of instances whose output does not wait for commits hear of them (their stashes
+#: trim; nothing waits on it). Publication was 10% of the coordinator's busy samples with 25 ms (py-spy,
+#: union word count, 11 instances); at 100 ms its CPU fell ~10% and the piggybacked lineage grew ~1 byte
+#: per batch
+TRIM_PUBLISH_S = 0.1
 
 
 class LineageCoordinator:
@@ -127,10 +137,8 @@ class LineageCoordinator:
         self.coord = coordinator
         self.gcs = gcs
         self.publish_s = publish_ms / 1000.0
-        #: how often workers without sinks hear of commits (their stashes trim; nothing waits on it).
-        #: Publication was 10% of the coordinator's busy samples with 25 ms (py-spy, union word count,
-        #: 11 instances); at 100 ms its CPU fell ~10% and the piggybacked lineage grew ~1 byte per batch
-        self.trim_publish_s = max(self.publish_s, 0.1)
+        #: how often workers whose output does not wait hear of commits (their stashes trim)
+        self.trim_publish_s = max(self.publish_s, TRIM_PUBLISH_S)
         self.stash_query_timeout = stash_query_timeout
         self.jobs: dict[str, _JobLineage] = {}
         self._queries: dict[int, tuple[asyncio.Future[None], list[Any], set[str]]] = {}
@@ -161,6 +169,7 @@ class LineageCoordinator:
         lineage = self.job(run.job_id)
         if entry.incarnation < lineage.incarnation.get(entry.instance, 0):
             return  # a dead incarnation's last words: its positions are being decided afresh
+        _note_waiting(lineage, entry.instance, msg)
         lineage.inbox.append(entry)
         if not lineage.flush_scheduled:
             lineage.flush_scheduled = True
@@ -242,13 +251,14 @@ class LineageCoordinator:
             )
 
     def _schedule_broadcast(self, run: JobRun, lineage: _JobLineage) -> None:
-        """Publish commit positions: to the workers hosting sinks every ``publish_s`` (default 0: at the
-        end of the event-loop turn that stored them, so the acknowledgments of one turn make one
-        message), to the rest every ``trim_publish_s``.
+        """Publish commit positions: to the workers of instances whose output waits for commits every
+        ``publish_s`` (default 0: at the end of the event-loop turn that stored them, so the
+        acknowledgments of one turn make one message), to the rest every ``trim_publish_s``.
 
         Coalescing bounds the control traffic (each flush of each instance would otherwise cost one
-        message to every worker of the job). Only sinks wait for commits (the output-commit rule), so
-        only they get them fast; elsewhere commits merely trim stashes, which can wait a little longer.
+        message to every worker of the job). Only a sink's held output waits for commits (the
+        output-commit rule), so only its worker gets them fast, while it holds some (its log messages
+        say so, :meth:`on_waiting`); elsewhere commits merely trim stashes, which can wait a little longer.
         """
         if not lineage.broadcast_scheduled:
             lineage.broadcast_scheduled = True
@@ -257,16 +267,34 @@ class LineageCoordinator:
             lineage.trim_scheduled = True
             self.coord.spawn(self._publish(run, lineage, sinks=False))
 
+    def on_waiting(self, run: JobRun, msg: dict[str, Any]) -> None:
+        """A sink's output started waiting for commits (or stopped) with no new determinants to ship:
+        its worker hears of the commit positions at once (they may cover the output already)."""
+        if run.state in TERMINAL:
+            return
+        lineage = self.job(run.job_id)
+        instance = msg["instance"]
+        if type(instance) is not str or type(msg.get("waiting")) is not bool:
+            raise ProtocolError(f"malformed waiting message: {short_repr(msg, 120)}")
+        if msg.get("incarnation", 0) < lineage.incarnation.get(instance, 0):
+            return
+        _note_waiting(lineage, instance, msg)
+        if msg["waiting"]:
+            self._schedule_broadcast(run, lineage)
+
     async def _publish(self, run: JobRun, lineage: _JobLineage, *, sinks: bool) -> None:
         await asyncio.sleep(self.publish_s if sinks else self.trim_publish_s)
         if sinks:
             lineage.broadcast_scheduled = False
         else:
             lineage.trim_scheduled = False
-        hosting = _sink_workers(run)
+        placement = run.placement
+        waiting = {wid for inst in lineage.waiting if (wid := placement.get(inst)) is not None}
+        if sinks and not waiting:
+            return
         data = pack({"type": "commit", "job": run.job_id, "positions": lineage.committed})
         for w in self.coord.workers_of(run):
-            if (w.worker_id in hosting) == sinks:
+            if (w.worker_id in waiting) == sinks:
                 await w.send_packed(data)
 
     # -- checkpoints (§6) ---------------------------------------------------------------------------
@@ -525,12 +553,10 @@ def _log_message(msg: dict[str, Any]) -> _LogMessage:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _sink_workers(run: JobRun) -> set[str]:
-    """The workers hosting an instance of a task with a sink step (they release output on commits)."""
-    return {
-        wid
-        for task in run.plan.tasks
-        if any(step.kind == "sink" for step in task.steps)
-        for i in range(task.parallelism)
-        if (wid := run.placement.get(task.instance(i))) is not None
-    }
+def _note_waiting(lineage: _JobLineage, instance: str, msg: dict[str, Any]) -> None:
+    """Record whether ``instance``'s output waits for commits, as its message says (an older worker
+    that does not say is taken as waiting: its sinks then hear of every commit at once, as before)."""
+    if msg.get("waiting", True):
+        lineage.waiting.add(instance)
+    else:
+        lineage.waiting.discard(instance)

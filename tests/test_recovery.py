@@ -250,13 +250,22 @@ class LogPath:
         return self.run.lineage.job(self.run.job_id)
 
     async def log(
-        self, inst: str, start: int, count: int, *, incarnation: int = 0, data: bytes | None = None
+        self,
+        inst: str,
+        start: int,
+        count: int,
+        *,
+        incarnation: int = 0,
+        data: bytes | None = None,
+        waiting: bool | None = None,
     ):
         msg = {
             "type": "log", "job": self.run.job_id, "instance": inst, "incarnation": incarnation,
             "start": start, "count": count, "entries": LOG[start : start + count] if data is None else data,
             "sent_at": time.time(),
         }  # fmt: skip
+        if waiting is not None:
+            msg["waiting"] = waiting
         conn = self.coord.workers[self.run.placement[inst]]
         await self.coord._on_worker_message(conn, msg)  # what a worker's control connection does
 
@@ -325,10 +334,37 @@ async def test_a_burst_of_log_messages_is_one_gcs_group(log_path: LogPath) -> No
     assert log_path.writes == [24]  # ...in one group: every segment once (the retries are not rewritten)
     assert (log_path.lineage.log_batches, log_path.lineage.log_messages) == (1, 32)
     assert len(log_path.lineage.lag_ms) == 32
-    # one publication per worker, every position in it (sinks' workers after 2 ms, the others after 25)
+    # one publication per worker, every position in it (workers of waiting instances at once; a message
+    # that does not say whether its output waits counts as waiting)
     await until(lambda: len(log_path.commits()) == 2)
     await asyncio.sleep(0.03)
     assert sorted(log_path.commits()) == [("w0", {a: 24, b: 24, c: 24}), ("w1", {a: 24, b: 24, c: 24})]
+
+
+async def test_commits_reach_at_once_only_the_workers_whose_output_waits(log_path: LogPath) -> None:
+    """A log message says whether its instance's output waits in a commit gate: only those instances'
+    workers hear of commits at once, the rest with the trim publication (100 ms). An instance whose
+    output starts waiting with its log already shipped says so in a ``waiting`` message, and hears
+    of the positions at once."""
+    a, b = log_path.insts[:2]  # on w0 and w1
+    await log_path.log(a, 0, 3, waiting=False)
+    await log_path.log(b, 0, 3, waiting=True)
+    await until(lambda: log_path.commits())
+    await asyncio.sleep(0.02)
+    assert log_path.commits() == [("w1", {a: 3, b: 3})]
+    assert log_path.lineage.waiting == {b}
+    await until(lambda: len(log_path.commits()) == 2)  # the trim publication
+    assert log_path.commits()[1] == ("w0", {a: 3, b: 3})
+    del log_path.sent[:]
+    message = {"type": "waiting", "job": log_path.run.job_id, "instance": a, "incarnation": 0}
+    await log_path.coord._on_worker_message(log_path.coord.workers["w0"], {**message, "waiting": True})
+    await until(lambda: log_path.commits())
+    assert ("w0", {a: 3, b: 3}) in log_path.commits() and log_path.lineage.waiting == {a, b}
+    await log_path.log(b, 3, 3, waiting=False)
+    await until(lambda: log_path.lineage.committed[b] == 6)
+    assert log_path.lineage.waiting == {a}
+    with pytest.raises(ProtocolError, match="malformed waiting message"):
+        await log_path.coord._on_worker_message(log_path.coord.workers["w0"], {**message, "waiting": "yes"})
 
 
 async def test_log_messages_of_a_dead_incarnation_are_dropped(log_path: LogPath) -> None:
