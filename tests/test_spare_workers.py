@@ -250,3 +250,25 @@ def test_spare_workers_is_documented_in_help():
     out = " ".join(stashflow("run", "--help").stdout.split())
     text = out[out.index("--spare-workers N") : out.index("-h, --help")]
     assert "new Python process" in text and "[default: 1]" in text
+
+
+async def test_the_job_starts_with_its_spare_registered(tmp_path: Path):
+    """The deployment waits for the spare launched with the workers: its start-up (imports, at nice 19)
+    does not take CPU from the job's first second, and a failure then already finds it warm."""
+    launcher = LocalLauncher(token=TOKEN, spares=1)
+    params = {"sentences": "3000", "rate": str(RATE), "output": str(tmp_path / "out")}
+    spare_at_start: bool | None = None
+    async with Coordinator(port=0, launcher=launcher, token=TOKEN) as coord:
+        run = coord.submit(
+            JobRef.parse(str(ROOT / "jobs" / "union_count.py")),
+            params,
+            JobConfig(parallelism=2, ft="lineage"),
+        )
+        async with asyncio.timeout(60):
+            while run.started_at is None and run.state == "deploying":
+                await asyncio.sleep(0.001)
+            pins = [w.pin for w in coord.workers.values()]
+            spare_at_start = any(p and p.startswith(f"{run.job_id}:~spare-") for p in pins)
+            await coord.wait(run.job_id, 60)
+    assert run.state == "finished", run.error
+    assert spare_at_start, pins
