@@ -68,3 +68,24 @@ def test_quick_run_verifies_and_measures_every_query_in_both_modes(tmp_path: Pat
     assert report["pyflink"]["status"] == "skipped" and "--no-pyflink" in report["pyflink"]["reason"]
     table = out.with_suffix(".md").read_text()
     assert all(f"| {q} | " in table for q in QUERIES) and "verified, " in table
+
+
+def test_ab_runs_each_configuration_per_round_and_prints_ratios_and_cpu():
+    """bench/nexmark_ab.py: a tree and --ft per configuration, ratios to the first, CPU by process."""
+    command = [sys.executable, "bench/nexmark_ab.py", "q2", "3000", "2", "none=.:none",
+               "lin=.:lineage:--spare-workers 0"]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["round 1", "round 2"]
+    none, lineage = lines[2], lines[3]
+    assert none.startswith("none ") and "/none median 1.000 [1.00, 1.00]" in none
+    assert lineage.startswith("lin ") and "'events/0'" in lineage and "'coordinator'" in lineage
+    assert "~spare" not in lineage  # its ARGS reached the run
+
+
+def test_ab_refuses_a_configuration_it_cannot_run_in_one_line():
+    proc = subprocess.run([sys.executable, "bench/nexmark_ab.py", "q2", "10", "1", "x=/nonexistent:none"],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 2
+    assert "/nonexistent has no engine/ (a checkout or worktree of stashflow)" in proc.stderr
