@@ -8,8 +8,9 @@
 * every outgoing batch carries the receiver's lineage delta from the :class:`~engine.stash.Stash`,
   and every incoming batch's delta enters the stash *before* the batch is processed: otherwise the
   instance's state could depend on a determinant that no survivor holds (an orphan);
-* a background task flushes new determinants to the GCS through the coordinator, in batches; commit
-  positions come back and trim the stash. Nothing on the batch path waits for storage;
+* a background task ships new determinants to the GCS through the coordinator once something depends
+  on them (:class:`~engine.log_shipping.LogShipper`); commit positions come back and trim the stash.
+  Nothing on the batch path waits for storage;
 * each :class:`LineageSender` keeps an :class:`~engine.output_log.OutputLog` of what it sent, so a
   restarted receiver can be resent what it lost, and reconnects to a receiver that moved;
 * sinks hold output until its causal past is committed (:class:`~engine.commit_gate.CommitGate`, the output-commit rule);
@@ -39,7 +40,6 @@ from engine.causal_log import (
     Determinant,
     Kind,
     LogCursor,
-    encode,
     flush,
     now,
     rand,
@@ -55,6 +55,7 @@ from engine.codec import FRAME_HEADER_BYTES, Batch, decode_batch, encode_batch, 
 from engine.commit_gate import CommitGate
 from engine.errors import ChannelBroken, ChannelError, ProtocolError
 from engine.fault_tolerance import ChannelSender
+from engine.log_shipping import LogShipper
 from engine.output_channel import OutputChannel, OutputChannelStatistics
 from engine.output_log import OutputLog
 from engine.snapshot import SnapshottingFT
@@ -66,13 +67,6 @@ if TYPE_CHECKING:
 __all__ = ["LineageFT", "LineageSender", "LineageServices", "Recovery", "WalFT"]
 
 log = logging.getLogger("stashflow.lineage")
-
-#: the longest a sink's instance lets its determinants gather while output waits for them in its commit
-#: gate (``--log-flush-ms`` is for the rest: then its flushes are on the latency path)
-SINK_LOG_FLUSH_S = 0.001
-#: the longest determinants that nothing waits for yet stay unshipped: none of this instance's batches
-#: sent since depends on them and no output is held for them; only its own checkpoints' completion does
-LAZY_LOG_FLUSH_S = 0.05
 
 _OUTPUT_LOGS = "output-logs.msgpack"  # a checkpoint's file of the frames its receivers may ask again
 
@@ -325,10 +319,15 @@ class LineageFT(SnapshottingFT):
         self.replayed_batches = 0
         self.delta_bytes = 0
         self.frames_sent = 0
-        self.log_messages = 0  # log segments shipped to the GCS
         self.checkpoints_taken = 0
-        self._log_wanted = asyncio.Event()  # determinants wait for shipping that something depends on
-        self._lazy: asyncio.TimerHandle | None = None  # ships the rest after LAZY_LOG_FLUSH_S
+        self.shipper = LogShipper(
+            self.log,
+            services.send,
+            lambda: {"job": services.job_id, "instance": name, "incarnation": self.incarnation},
+            self.gate.holding,
+            interval_s=services.log_flush_s,
+            is_sink=lambda: bool(self.sink_writers()),
+        )
         self._committed_changed = asyncio.Event()
         self.commit_wait_s = 0.0  # time the loop spent waiting for the GCS (write-first only)
         self._flusher: asyncio.Task[None] | None = None
@@ -348,7 +347,7 @@ class LineageFT(SnapshottingFT):
         self.gate.restore(self.restored_held())  # held again: released as commits cover them
         if self.gate.held:
             self.want_log()  # the coordinator must hear that our output waits
-        self._flusher = asyncio.create_task(self._flush_log(), name=f"log-flush {inst.name}")
+        self._flusher = asyncio.create_task(self.shipper.run(), name=f"log-flush {inst.name}")
         for sender in self.senders:  # a receiver that restarted too may hold less than our checkpoint
             await sender.catch_up()
         if self.recovery is not None and not self.replaying:
@@ -377,9 +376,7 @@ class LineageFT(SnapshottingFT):
             writer.flush()
 
     async def aclose(self) -> None:
-        if self._lazy is not None:
-            self._lazy.cancel()
-            self._lazy = None
+        self.shipper.close()
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -402,7 +399,7 @@ class LineageFT(SnapshottingFT):
             self.replayed_batches += 1
         else:
             self.log.recv(index)
-            self._logged()
+            self.shipper.logged()
         self.clock.next_batch()
 
     def on_source(self, offset: Any, count: int) -> None:
@@ -410,24 +407,24 @@ class LineageFT(SnapshottingFT):
             self.replayed_batches += 1
         else:
             self.log.append(source(offset, count))
-            self._logged()
+            self.shipper.logged()
         self.clock.next_batch()
 
     def on_flush(self) -> None:
         if not self.replaying:
             self.log.append(flush())
-            self._logged()
+            self.shipper.logged()
 
     def on_timer(self, time_ns: int) -> None:
         if not self.replaying:
             self.log.append(timer(time_ns))
-            self._logged()
+            self.shipper.logged()
         self.clock.next_batch()
 
     def on_idle(self) -> None:
         if not self.replaying:
             self.log.append(idle_determinant())
-            self._logged()
+            self.shipper.logged()
 
     def read_time(self) -> int:
         if self.replaying:
@@ -446,67 +443,8 @@ class LineageFT(SnapshottingFT):
         return value
 
     def want_log(self) -> None:
-        """Something depends on the determinants logged so far (a batch sent, output held): ship them
-        at the instance's pace (``log_flush_s``, or :data:`SINK_LOG_FLUSH_S` while output is held)."""
-        if not self._log_wanted.is_set():
-            self._log_wanted.set()
-
-    def _logged(self) -> None:
-        """A determinant was logged: shipped with the next batch sent or output held, or lazily."""
-        if self._lazy is None:
-            lazy = max(self.services.log_flush_s, LAZY_LOG_FLUSH_S)
-            self._lazy = asyncio.get_running_loop().call_later(lazy, self.want_log)
-
-    async def _flush_log(self) -> None:
-        """Ship new determinants to the GCS in batches, off the critical path (DESIGN.md §5.3).
-
-        Determinants leave once something depends on them: a batch sent (a sink downstream may hold
-        output for them), output held here, a checkpoint; the others after :data:`LAZY_LOG_FLUSH_S`.
-        At most one message per ``log_flush_s``, one per :data:`SINK_LOG_FLUSH_S` while output waits
-        in the commit gate. The first after a quiet spell leave at once (a sink waiting for them
-        releases output sooner); under load they gather for the rest of the interval (fewer, larger
-        messages). A source's ``SOURCE`` and the ``FLUSH`` that sends its batch go in one message, and
-        a sink after a window sends none per input batch between two firings.
-        """
-        services, name = self.services, self.instance.name
-        # a sink's output waits for its own determinants (the output-commit rule, §5.5): while some
-        # waits, they leave within 1 ms. An upstream instance's are mostly committed before its batches
-        # reach a sink
-        slow = services.log_flush_s
-        fast = min(slow, SINK_LOG_FLUSH_S) if self.sink_writers() else slow
-        holding = self.gate.holding
-        last = 0.0
-        told = False  # what the coordinator last heard: whether our output waits for commits
-        while True:
-            await self._log_wanted.wait()
-            wait = last + (fast if holding.is_set() else slow) - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            last = time.monotonic()
-            self._log_wanted.clear()
-            if self._lazy is not None:
-                self._lazy.cancel()
-                self._lazy = None
-            # the coordinator publishes commits at once only to the workers of instances whose output
-            # waits; the others hear of them every 100 ms (their stashes trim)
-            waiting = holding.is_set()
-            taken = self.log.take_unflushed()
-            if taken is None:
-                if waiting and not told:  # our determinants left already, before the output was held
-                    told = True
-                    await services.send({
-                        "type": "waiting", "job": services.job_id, "instance": name,
-                        "incarnation": self.incarnation, "waiting": True,
-                    })  # fmt: skip
-                continue
-            start, dets = taken
-            self.log_messages += 1
-            told = waiting
-            await services.send({
-                "type": "log", "job": services.job_id, "instance": name, "incarnation": self.incarnation,
-                "start": start, "count": len(dets), "entries": encode(dets), "sent_at": time.time(),
-                "waiting": waiting,
-            })  # fmt: skip
+        """Something depends on the determinants logged so far (a batch sent, output held): ship them."""
+        self.shipper.want()
 
     # -- output -------------------------------------------------------------------------------------
 
@@ -678,7 +616,7 @@ class LineageFT(SnapshottingFT):
         return {
             "ft": "lineage",
             "log_end": self.log.end,
-            "log_messages": self.log_messages,
+            "log_messages": self.shipper.messages,
             "stash_entries": st.entries + st.own_uncommitted,
             "stash_entries_max": st.entries_max,
             "stash_bytes": st.encoded_bytes,

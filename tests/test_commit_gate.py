@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from connectors import CollectSink, GeneratorSource
-from engine import Job, lineage, recovery
+from engine import Job, log_shipping, recovery
 from engine.causal_log import CausalLog
 from engine.codec import pack, unpack
 from engine.commit_gate import CommitGate
@@ -169,7 +169,7 @@ def test_a_sink_with_nothing_held_ships_its_log_at_the_leaf_pace(monkeypatch: py
     it (not once per batch: those messages would load the coordinator for nothing), and at the sink's
     pace again as soon as output waits, and hears of commits at once while it does: the rare outputs
     are held neither for the longer interval nor until the next trim publication."""
-    monkeypatch.setattr(lineage, "LAZY_LOG_FLUSH_S", 0.5)  # so that waiting it out would show
+    monkeypatch.setattr(log_shipping, "LAZY_LOG_FLUSH_S", 0.5)  # so that waiting it out would show
     monkeypatch.setattr(recovery, "TRIM_PUBLISH_S", 1.0)  # as would the commits not reaching it at once
     job = Job("leaf_flush", parallelism=1)
     out = CollectSink()
