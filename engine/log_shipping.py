@@ -77,6 +77,10 @@ class LogShipper:
             self._lazy = asyncio.get_running_loop().call_later(lazy, self.want)
 
     def close(self) -> None:
+        """The instance is closing: no lazy shipment after this."""
+        self._cancel_lazy()
+
+    def _cancel_lazy(self) -> None:
         if self._lazy is not None:
             self._lazy.cancel()
             self._lazy = None
@@ -96,7 +100,7 @@ class LogShipper:
                 await asyncio.sleep(wait)
             last = time.monotonic()
             self._wanted.clear()
-            self.close()
+            self._cancel_lazy()  # whatever is logged by now leaves in this message
             waiting = holding.is_set()
             taken = self.log.take_unflushed()
             if taken is None:
