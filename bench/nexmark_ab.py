@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PYTHON = ROOT / ".venv" / "bin" / "python"
+PYTHON = sys.executable  # the interpreter running this script has the engine's dependencies
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -92,7 +92,7 @@ def run_once(config: Config, query: str, events: int) -> tuple[float, dict[str, 
     with tempfile.TemporaryDirectory(prefix="nexmark-ab-") as work:
         metrics = Path(work) / "metrics.json"
         argv = [
-            str(PYTHON), "-m", "engine", "run", str(config.tree / "jobs" / "nexmark" / f"{query}.py"),
+            PYTHON, "-m", "engine", "run", str(config.tree / "jobs" / "nexmark" / f"{query}.py"),
             "-P", f"events={events}", "-P", f"output={work}/out", "--parallelism", "2", "--ft", config.ft,
             "--metrics-out", str(metrics), "--no-dashboard", "-q", *config.args,
         ]  # fmt: skip
