@@ -69,11 +69,9 @@ class Placement:
         launcher = self.coord.launcher
         if launcher is None or not run.recovers:
             return
-        prefix = f"{run.job_id}:{SPARE_PREFIX}"
 
         def ready() -> bool:
-            registered = sum(1 for w in self.coord.workers.values() if w.pin and w.pin.startswith(prefix))
-            return registered >= len(launcher.idle_spares(run.job_id))
+            return len(self._registered_spares(run.job_id)) >= len(launcher.idle_spares(run.job_id))
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SPARE_WAIT_S
@@ -134,6 +132,11 @@ class Placement:
             await self.coord.fail_job(run, None, f"deploying job {run.job_id} failed: {exc}")
         return False
 
+    def _registered_spares(self, job_id: str) -> dict[str, WorkerConn]:
+        """The job's spare workers that have registered, by pin (``JOB:~spare-N``)."""
+        prefix = f"{job_id}:{SPARE_PREFIX}"
+        return {w.pin: w for w in self.coord.workers.values() if w.pin and w.pin.startswith(prefix)}
+
     def _adopt_spares(self, run: JobRun, instances: list[str]) -> list[str]:
         """Give ``instances`` of running ``run`` its idle spare workers; returns those left without one.
 
@@ -144,8 +147,7 @@ class Placement:
         """
         assert self.coord.launcher is not None
         job_id = run.job_id
-        spare_pins = f"{job_id}:{SPARE_PREFIX}"
-        registered = {w.pin: w for w in self.coord.workers.values() if w.pin and w.pin.startswith(spare_pins)}
+        registered = self._registered_spares(job_id)
         spares = [
             name
             for name in self.coord.launcher.idle_spares(job_id)
