@@ -45,8 +45,6 @@ class CommitGate:
         self.stamp: BatchStamp | None = None
         self.drained = asyncio.Event()
         self.drained.set()
-        #: set while a batch is held: the instance's log flusher then ships at the sink's pace
-        self.holding = asyncio.Event()
         self.below_limit = asyncio.Event()
         self.below_limit.set()
         self.max_held = 0
@@ -65,7 +63,6 @@ class CommitGate:
         self.held.append((frontier, writer, writer.prepare(records), len(records), ingest))
         self.max_held = max(self.max_held, len(self.held))
         self.drained.clear()
-        self.holding.set()
         self.ft.want_log()  # it waits for our own determinants too (its RECV at least)
         if len(self.held) >= self.LIMIT:
             self.below_limit.clear()
@@ -81,7 +78,6 @@ class CommitGate:
             self.below_limit.set()
         if not held:
             self.drained.set()
-            self.holding.clear()
 
     def snapshot(self) -> list[tuple[dict[str, int], int, Any, int]]:
         """Held batches belong to a checkpoint: they were processed before it but not yet written."""
@@ -99,4 +95,3 @@ class CommitGate:
             self.held.append((dict(frontier), writers[index], prepared, int(count), None))
         if self.held:
             self.drained.clear()
-            self.holding.set()

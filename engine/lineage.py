@@ -324,7 +324,7 @@ class LineageFT(SnapshottingFT):
             self.log,
             services.send,
             lambda: {"job": services.job_id, "instance": name, "incarnation": self.incarnation},
-            self.gate.holding,
+            lambda: bool(self.gate.held),
             interval_s=services.log_flush_s,
             is_sink=lambda: bool(self.sink_writers()),
         )

@@ -39,8 +39,8 @@ class LogShipper:
     """Ships the new entries of one instance's :class:`~engine.causal_log.CausalLog` as ``log`` messages.
 
     ``want()`` when something depends on what is logged, ``logged()`` after each new determinant;
-    :meth:`run` is the instance's shipping task. ``holding`` is set while output waits in the commit
-    gate; ``identity()`` gives the fields that name the sender (job, instance, incarnation);
+    :meth:`run` is the instance's shipping task. ``holding()`` says whether output waits in the
+    commit gate; ``identity()`` gives the fields that name the sender (job, instance, incarnation);
     ``is_sink()``, asked when :meth:`run` starts, whether the instance writes to a sink.
     """
 
@@ -49,7 +49,7 @@ class LogShipper:
         log: CausalLog,
         send: Callable[[dict[str, Any]], Awaitable[None]],
         identity: Callable[[], dict[str, Any]],
-        holding: asyncio.Event,
+        holding: Callable[[], bool],
         *,
         interval_s: float,
         is_sink: Callable[[], bool],
@@ -95,13 +95,13 @@ class LogShipper:
         told = False  # what the coordinator last heard: whether our output waits for commits
         while True:
             await self._wanted.wait()
-            wait = last + (fast if holding.is_set() else slow) - time.monotonic()
+            wait = last + (fast if holding() else slow) - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             last = time.monotonic()
             self._wanted.clear()
             self._cancel_lazy()  # whatever is logged by now leaves in this message
-            waiting = holding.is_set()
+            waiting = holding()
             taken = self.log.take_unflushed()
             if taken is None:
                 if waiting and not told:  # our determinants left already, before the output was held

@@ -23,7 +23,7 @@ class Harness:
             self.log,
             self._send,
             lambda: {"job": "j", "instance": "out/0", "incarnation": 0},
-            self.holding,
+            self.holding.is_set,
             interval_s=interval_s,
             is_sink=lambda: sink,
         )
