@@ -22,7 +22,8 @@ reporting every 0.1 s (``STASHFLOW_HEARTBEAT_S``). Phases, ``none`` first since 
    the median of the ratios within each round.
 2. **latency**: sources at the *offered rate*, half of ``none``'s maximum, with ``--gcs-delay-ms`` 0
    and 5 (``none`` has no GCS: 0 only); p50/p99/p99.9 of the per-batch latency from source ingestion
-   to sink write (a stamp in the batch header, :mod:`engine.metrics`), from the sink's timeline after
+   (when the batch's newest record was offered, by the generator's schedule) to sink write (a stamp in
+   the batch header, :mod:`engine.metrics`), from the sink's timeline after
    a warm-up (1 s of output; ``--quick`` 0.8 s). Also (not ``--quick``) at half that rate, a quarter of
    ``none``'s maximum, GCS delay 0 (``light``): on 2 cores the offered rate leaves little headroom,
    and at it latencies are mostly queueing.
@@ -31,9 +32,11 @@ reporting every 0.1 s (``STASHFLOW_HEARTBEAT_S``). Phases, ``none`` first since 
    output was disturbed, the output rate is back to >= 90% of offered and the p99 under 2x steady, over
    1 s windows (``--quick``: 0.5 s; for ``checkpoint``, whose sink writes in bursts as checkpoints complete,
    at least a checkpoint interval) and for as long again (:func:`recovery_s`); the longest stretch of zero
-   output after the kill; which instances rolled back (``restarts`` > 0). The generator does not make up
-   records it could not emit while the job stalled (its token bucket holds one batch), so this is the
-   job's return to the offered rate, not the catch-up of a backlog held outside. ``none`` cannot recover:
+   output after the kill; which instances rolled back (``restarts`` > 0). The generator keeps to its schedule
+   like a log that keeps filling: records that fell due while the job stalled are read as soon as it
+   reads again, and a rollback re-reads records offered long ago, each batch stamped with the time its
+   newest record was offered; the recovery time therefore includes catching up on the backlog, as a
+   job reading a broker must. ``none`` cannot recover:
    the harness SIGKILLs ``count/1``'s worker itself (``--kill`` refuses ``--ft none``), the job fails,
    the harness reruns it from scratch as soon as the failed run has exited, and recovery runs from the kill
    to the rerun reaching

@@ -1,10 +1,14 @@
-"""Synthetic records from a function of the record number, optionally at a fixed rate.
+"""Synthetic records from a function of the record number, optionally offered at a fixed rate.
 
 The generator is the source of benchmarks and demos, so it must be both deterministic (a replayed
-instance regenerates the same records: record ``i`` is always ``fn(i)``) and able to hold a steady
-rate without burning a core. The rate is enforced by a token bucket that :meth:`read` awaits with
-``asyncio.sleep``; :meth:`read_exact`, used to replay logged batches during recovery, ignores it,
-because a recovering instance must catch up as fast as it can.
+instance regenerates the same records: record ``i`` is always ``fn(i)``) and able to offer a steady
+rate without burning a core. A rate is a schedule, not a cap: record ``n`` of an instance is *due*
+at a fixed time after its first read, as if an outside log were appending records at that rate whether
+or not the job keeps up. :meth:`read` sleeps until records are due (``asyncio.sleep``); records that
+fell due while the job could not read (back-pressure, a restart, a rollback) are read at once, as
+fast as the engine asks, the way a consumer catches up on a log that kept filling; each batch's
+ingestion time is the time its newest record fell due, so latency counts the time records waited to be
+read. :meth:`read_exact`, used to replay logged batches during recovery, never waits.
 """
 
 from __future__ import annotations
@@ -34,10 +38,15 @@ class GeneratorSource(Source):
     :meth:`~engine.connector.SourceReader.read`, and the engine reports it as a user-function error;
     the reader's offset stays before the batch that failed.
 
-    ``rate`` caps the whole source at that many records per second (each instance gets ``rate / p``)
-    with a token bucket that starts empty and holds at most ``batch_hint`` tokens, so a source that
-    was back-pressured does not burst past its rate by more than one batch. ``batch_hint`` is also the
-    most records one ``read`` returns, bounding how long one call runs ``fn`` on the event loop.
+    ``rate`` offers the whole source at that many records per second (each instance ``rate / p``):
+    record ``n`` of an instance is due ``(n + 1) / (rate / p)`` seconds after the instance's first read,
+    and a read returns the records that are due, waiting for more only while its batch is not full
+    and at most ``_MAX_BATCH_WAIT`` once one is due. A reader behind its schedule catches up at full
+    speed, in batches of ``batch_hint``; the schedule's start is part of the offset (a rate-limited
+    reader's offset is ``(records produced, start in ns since the epoch)``), so a reader restored from a
+    checkpoint or a logged batch keeps the schedule of the one it replaces. :meth:`ingest_ns` of a
+    batch is the time its newest record fell due. ``batch_hint`` is also the most records one ``read``
+    returns, bounding how long one call runs ``fn`` on the event loop.
 
     >>> import asyncio
     >>> reader = GeneratorSource(lambda i: i * i, count=10).open(index=1, parallelism=2)
@@ -100,10 +109,11 @@ class _GeneratorReader(SourceReader):
         self._stride = parallelism
         self._total = None if source.count is None else len(range(index, source.count, parallelism))
         self._batch = source.batch_hint
-        self._rate = None if source.rate is None else source.rate / parallelism
-        self._tokens = 0.0
-        self._stamp: float | None = None  # the bucket starts filling at the first read, not at open
+        #: nanoseconds between two records of this instance's schedule (None: no rate, never waits)
+        self._period_ns = None if source.rate is None else 1e9 * parallelism / source.rate
+        self._start_ns: int | None = None  # the schedule starts at the first read, not at open
         self._produced = 0
+        self._ingest_ns: int | None = None
 
     async def read(self, max_records: int) -> Sequence[Any] | None:
         want = min(max_records, self._batch)
@@ -114,23 +124,29 @@ class _GeneratorReader(SourceReader):
             want = min(want, left)
         if want <= 0:
             return []
-        if self._rate is not None:
-            want = await self._acquire(want)
+        if self._period_ns is not None:
+            want = await self._due(want)
         return self._produce(want)
 
     async def read_exact(self, count: int) -> Sequence[Any]:
-        """Regenerate ``count`` records at once: replay must not wait for the rate limit."""
+        """Regenerate ``count`` records at once: replay must not wait for the schedule."""
         if self._total is not None and self._produced + count > self._total:
             raise EOFError(
                 f"GeneratorSource: stream ended after {self._total - self._produced} of {count} records to replay"
             )
         return self._produce(count)
 
-    def offset(self) -> int:
-        return self._produced
+    def offset(self) -> Any:
+        return self._produced if self._period_ns is None else (self._produced, self._start_ns)
 
     def seek(self, offset: Any) -> None:
-        self._produced = offset
+        if isinstance(offset, int):  # a plain count: from a reader without a rate; the schedule stays
+            self._produced = offset
+        else:
+            self._produced, self._start_ns = offset
+
+    def ingest_ns(self) -> int | None:
+        return self._ingest_ns
 
     def progress(self) -> tuple[int, int] | None:
         if self._total is None:
@@ -141,33 +157,33 @@ class _GeneratorReader(SourceReader):
         start = self._first + self._produced * self._stride
         out = list(map(self._fn, range(start, start + n * self._stride, self._stride)))
         self._produced += n  # only after fn succeeded for the whole batch: the offset stays consistent
+        if self._start_ns is not None:
+            assert self._period_ns is not None
+            due = self._start_ns + int(self._produced * self._period_ns)  # the newest record's due time
+            self._ingest_ns = min(due, time.time_ns())
         return out
 
-    async def _acquire(self, want: int) -> int:
-        """Wait for tokens and take up to ``want`` of them (at least one).
+    async def _due(self, want: int) -> int:
+        """Wait until records are due and return how many to take (at most ``want``, at least one).
 
-        Waits until the bucket holds ``want`` tokens, but once it holds one, no longer than
-        ``_MAX_BATCH_WAIT``: a slow rate then yields small, timely batches instead of one late batch.
-        Loops because ``asyncio.sleep`` may wake marginally early.
+        Waits until ``want`` records are due, but once one is, no longer than ``_MAX_BATCH_WAIT`` from
+        the call: a slow rate then yields small, timely batches instead of one late batch. Loops
+        because ``asyncio.sleep`` may wake marginally early.
         """
-        assert self._rate is not None
-        self._refill()
-        deadline = time.monotonic() + _MAX_BATCH_WAIT
-        while self._tokens < want:
-            now = time.monotonic()
-            if self._tokens >= 1 and now >= deadline:
-                break
-            for_all = (want - self._tokens) / self._rate
-            for_one = (1 - self._tokens) / self._rate
-            await asyncio.sleep(min(for_all, max(for_one, deadline - now)))
-            self._refill()
-        taken = min(want, int(self._tokens))
-        self._tokens -= taken
-        return taken
-
-    def _refill(self) -> None:
-        assert self._rate is not None
-        now = time.monotonic()
-        if self._stamp is not None:
-            self._tokens = min(float(self._batch), self._tokens + (now - self._stamp) * self._rate)
-        self._stamp = now
+        period = self._period_ns
+        assert period is not None
+        now = time.time_ns()
+        if self._start_ns is None:
+            self._start_ns = now
+        start, produced = self._start_ns, self._produced
+        deadline = now + int(_MAX_BATCH_WAIT * 1e9)
+        while True:
+            due = int((now - start) / period) - produced
+            if due >= want:
+                return want
+            if due >= 1 and now >= deadline:
+                return due
+            for_all = start + (produced + want) * period - now
+            for_one = start + (produced + 1) * period - now
+            await asyncio.sleep(max(0.0, min(for_all, max(for_one, deadline - now))) / 1e9)
+            now = time.time_ns()

@@ -319,8 +319,9 @@ class NexmarkSource(Source):
 
     A :class:`~connectors.generator.GeneratorSource` of :func:`event`, and it behaves exactly like one:
     instance ``k`` of ``p`` produces events ``k, k+p, k+2p, ...``; its offset is how many it has
-    produced; ``rate`` caps the whole source at that many events per second (a token bucket, ignored
-    by ``read_exact`` so recovery catches up at full speed); ``batch_hint`` caps one ``read``. The
+    produced (with a ``rate``, also when its schedule started); ``rate`` offers the whole source at
+    that many events per second (a schedule a reader behind it catches up on at full speed, ignored by
+    ``read_exact`` so recovery does too); ``batch_hint`` caps one ``read``. The
     ``rate`` is wall-clock pacing only: event time comes from ``config.events_per_second``.
 
     >>> import asyncio

@@ -84,6 +84,16 @@ class SourceReader(abc.ABC):
             out.extend(chunk)
         return out
 
+    def ingest_ns(self) -> int | None:
+        """When the records the last :meth:`read` or :meth:`read_exact` returned entered the system.
+
+        In ``time.time_ns()`` nanoseconds: the time the newest of them was appended to the log this
+        reader consumes (a broker's append time, a generator's schedule), which is earlier than the
+        read when the job is behind. The engine stamps the batch with it, so the latency it reports
+        includes the time records waited to be read. ``None`` (the default): the time of the read.
+        """
+        return None
+
     def progress(self) -> tuple[int, int] | None:
         """``(done, total)`` in any unit for a progress bar, or ``None`` when unknown (unbounded)."""
         return None

@@ -398,7 +398,8 @@ class TaskInstance:
     async def _process_source(self, offset: Any, records: Sequence[Any]) -> None:
         # SOURCE(offset, count): where the reader cut this batch, so a replay re-reads the same one
         self.ft.on_source(offset, len(records))
-        self.stamp.ingest_ns = time.time_ns()
+        assert self.reader is not None
+        self.stamp.ingest_ns = self.reader.ingest_ns() or time.time_ns()
         self.batches_in += 1
         assigner = self._assigner
         if assigner is not None and self.out_idle:  # records again: the source is active from this batch on

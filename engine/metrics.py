@@ -1,10 +1,12 @@
 """Metrics an instance keeps for the coordinator: end-to-end latency measured per batch, and over time.
 
 Sources stamp each batch they cut with its ingestion time (``Batch.ingest_ns``, a header field, not a
-per-record cost); every operator passes the stamp of the batch it processes on to the batches it
+per-record cost): when its newest record entered the system, which the reader knows when it reads a log
+that keeps filling (:meth:`~engine.connector.SourceReader.ingest_ns`: a generator's schedule), else the
+time of the read; every operator passes the stamp of the batch it processes on to the batches it
 emits (a buffer keeps the stamp of its oldest record), and a sink calls :meth:`BatchStamp.written`
 when it writes a batch: after the output-commit wait, under the lineage stash, so the figure is what
-the outside world sees. Replayed batches are stamped anew; the figures are measurements, never state.
+the outside world sees. Replayed batches are stamped again the same way; the figures are measurements, never state.
 
 Two views of the same events: :class:`LatencyHistogram`, the percentiles of the last batches written,
 and :class:`Timeline`, records written and a latency histogram per 100 ms of wall-clock time. Timeline

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -115,6 +116,47 @@ async def test_slow_rate_returns_small_batches_promptly():
     elapsed = time.monotonic() - start
     assert 1 <= len(batch) <= 4  # one record is due after 25 ms; the read waits at most ~50 ms more
     assert elapsed < 0.5
+
+
+async def test_a_reader_behind_its_schedule_catches_up_at_once_with_the_records_due_times():
+    # 2000/s: a record is due every 0.5 ms; 0.3 s without reading leaves ~600 due
+    reader = GeneratorSource(int, rate=2000, batch_hint=100).open(0, 1)
+    assert await reader.read(100) == list(range(100))  # the schedule starts here: ~50 ms of waiting
+    start_ns, before = reader.offset()[1], time.time_ns()
+    assert abs(reader.ingest_ns() - before) < 20e6  # on schedule: the newest record fell due just now
+    await asyncio.sleep(0.3)
+    t0 = time.monotonic()
+    batches = [await reader.read(100) for _ in range(3)]
+    assert time.monotonic() - t0 < 0.05  # due records are read without waiting
+    assert [b[0] for b in batches] == [100, 200, 300] and all(len(b) == 100 for b in batches)
+    # stamped with when record 399 fell due, ~0.1 s before now: the time it waited counts as latency
+    assert reader.ingest_ns() == start_ns + 400 * 500_000
+    assert time.time_ns() - reader.ingest_ns() > 50e6
+
+
+async def test_a_restored_reader_keeps_the_schedule_of_the_one_it_replaces():
+    first = GeneratorSource(int, rate=1000).open(1, 2)  # 500/s per instance: one every 2 ms
+    await first.read(10)
+    offset = first.offset()
+    assert offset[0] == 10 and isinstance(offset[1], int)
+    await asyncio.sleep(0.2)
+    second = GeneratorSource(int, rate=1000).open(1, 2)
+    second.seek(list(offset))  # as a checkpoint or a logged SOURCE hands it back, through msgpack
+    t0 = time.monotonic()
+    assert await second.read(50) == list(range(21, 121, 2))  # ~100 due already: no wait
+    assert time.monotonic() - t0 < 0.05
+    assert second.ingest_ns() == offset[1] + 60 * 2_000_000
+    second.seek(offset)
+    assert await second.read_exact(5) == list(range(21, 31, 2))
+    assert second.ingest_ns() == offset[1] + 15 * 2_000_000
+
+
+async def test_without_a_rate_the_offset_is_a_count_and_batches_are_stamped_when_read():
+    reader = GeneratorSource(int).open(0, 1)
+    await reader.read(5)
+    assert reader.offset() == 5 and reader.ingest_ns() is None
+    reader.seek(2)
+    assert await reader.read_exact(1) == [2]
 
 
 async def test_read_exact_does_not_wait_for_the_rate_limit():

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connectors import CollectSink, GeneratorSource
+from connectors import CollectSink, GeneratorSource, ListSource
 from engine import Job
 from engine.config import JobConfig
+from engine.connector import SourceReader
 from engine.job_run import JobRun
 from engine.loader import JobRef
 from engine.metrics import BUCKET_MS, BatchStamp, Timeline, bin_ms, latency_bin, percentile_ms
@@ -32,6 +33,25 @@ def test_sinks_report_end_to_end_latency(ft: str):
     # through two hops with a 5 ms flush timer each, and under lineage the commit wait at the sink
     assert 0.1 < latency["p50_ms"] < 1000 and latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
     assert "latency" not in result.instances["inc/0"]  # only sinks measure it
+
+
+class _LateLog(ListSource):
+    """Records a log appended 5 s ago: its reader says so, and latency must count those 5 s."""
+
+    def open(self, index: int, parallelism: int) -> SourceReader:
+        reader = super().open(index, parallelism)
+        reader.ingest_ns = lambda: time.time_ns() - 5 * S  # type: ignore[method-assign]
+        return reader
+
+
+def test_batches_are_stamped_with_the_time_the_reader_says_their_records_entered():
+    job = Job("late", parallelism=1)
+    out = CollectSink()
+    job.source("log", _LateLog(list(range(300)))).map("inc", lambda x: x + 1).sink("out", out)
+    result = run(job, ft="lineage", batch_size=50)
+    assert sorted(out.records) == list(range(1, 301))
+    latency = result.instances["out/0"]["latency"]
+    assert latency["count"] >= 1 and 5000 <= latency["p50_ms"] < 15000
 
 
 # -- the timeline: records and latency per 100 ms of wall-clock time -------------------------------------
