@@ -31,6 +31,7 @@ import logging
 import os
 import secrets
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -274,6 +275,22 @@ class LineageSender(ChannelSender):
         return _add_stats(self._stats, self.channel.statistics())
 
 
+def checkpoint_phase(instance: str) -> float:
+    """Where in the checkpoint interval ``instance`` checkpoints: a fraction in [0, 1), fixed per name.
+
+    Independent checkpoints need no common moment (DESIGN.md §6), and taking them all at once costs:
+    every instance's snapshot, every state flush and fsync and every record at the coordinator in the
+    same few milliseconds, which the batches in flight then wait behind. Spread over the interval by
+    a hash of the name, the same in every process and incarnation, they cost the same but one at a time
+    (union word count, a quarter of its maximum rate: lineage's sink p99 36-46 ms against 51-76 ms
+    with the checkpoints taken together, four alternating runs each).
+
+    >>> checkpoint_phase("count/1") == checkpoint_phase("count/1") and 0 <= checkpoint_phase("a/0") < 1
+    True
+    """
+    return zlib.crc32(instance.encode()) / 2**32
+
+
 def _add_stats(a: OutputChannelStatistics, b: OutputChannelStatistics) -> OutputChannelStatistics:
     if a is b:
         return a
@@ -314,7 +331,9 @@ class LineageFT(SnapshottingFT):
         self._saved_outputs: dict[str, Any] | None = None  # a restored checkpoint's output logs
         self.senders: list[LineageSender] = []
         self.checkpoint_id = services.store.next_checkpoint_id(services.job_id, name)
-        self.last_checkpoint = time.monotonic()
+        # the first checkpoint after 1 to 2 intervals, the later ones each interval: never earlier than
+        # one interval after the start, and instances at their own phase
+        self.last_checkpoint = time.monotonic() + checkpoint_phase(name) * services.checkpoint_interval
         self.pending_checkpoints: dict[int, int] = {}  # id -> log position
         self.replayed_batches = 0
         self.delta_bytes = 0

@@ -38,6 +38,7 @@ from engine.coordinator import Coordinator
 from engine.errors import ProtocolError
 from engine.gcs_backends import MemoryGCS
 from engine.job_run import JobRun, WorkerConn
+from engine.lineage import checkpoint_phase
 from engine.loader import register_in_process
 from engine.plan import Plan
 from engine.recovery import LineageCoordinator
@@ -158,6 +159,29 @@ def test_in_process_kills_are_exactly_once(kill_after: dict):
         if name.startswith("write/") or name.startswith("split/"):
             continue  # chained: they share count's / merge's task
         assert m["restarts"] == expected, (name, m["restarts"], expected)
+
+
+def test_instances_checkpoint_each_at_its_own_phase_of_the_interval():
+    """Independent checkpoints are spread over the interval, not taken by every instance at once."""
+    names = [f"{step}/{i}" for step in ("left", "right", "merge", "split", "count") for i in (0, 1)] + [
+        "write/0"
+    ]
+    phases = sorted(checkpoint_phase(n) for n in names)
+    assert phases == sorted(checkpoint_phase(n) for n in reversed(names))  # a function of the name alone
+    assert all(0 <= p < 1 for p in phases) and len(set(phases)) == len(names)
+    assert max(b - a for a, b in itertools.pairwise([*phases, phases[0] + 1])) < 0.5  # no half left empty
+
+
+def test_every_instance_checkpoints_each_interval_from_its_phase_on():
+    job = Job("phases", parallelism=2)
+    nums = job.source("nums", GeneratorSource(lambda i: i % 20, count=3000, rate=3000))  # ~1 s
+    nums.key_by(lambda x: x).count("count").sink("out", CollectSink())
+    result = run(job, batch_size=100, checkpoint_interval=0.2)
+    # per task instance (the sinks are chained to count): the first after at most 0.4 s, then every 0.2 s
+    taken = {
+        name: result.instances[name]["checkpoints"] for name in ("nums/0", "nums/1", "count/0", "count/1")
+    }
+    assert all(n >= 2 for n in taken.values()), taken
 
 
 @pytest.mark.parametrize("ft", ["lineage", "wal"])
