@@ -31,7 +31,8 @@ reporting every 0.1 s (``STASHFLOW_HEARTBEAT_S``). Phases, ``none`` first since 
    100 ms): the steady p99 before the kill and the *recovery time*, from the kill until, after the
    output was disturbed, the output rate is back to >= 90% of offered and the p99 under 2x steady, over
    1 s windows (``--quick``: 0.5 s; for ``checkpoint``, whose sink writes in bursts as checkpoints complete,
-   at least a checkpoint interval) and for as long again (:func:`recovery_s`); the longest stretch of zero
+   at least a checkpoint interval) and for as long again (:func:`recovery_s`; a dip that comes only after
+   the output held that long from the kill on is not the failure's: 0); the longest stretch of zero
    output after the kill; which instances rolled back (``restarts`` > 0). The generator keeps to its schedule
    like a log that keeps filling: records that fell due while the job stalled are read as soon as it
    reads again, and a rollback re-reads records offered long ago, each batch stamped with the time its

@@ -106,7 +106,13 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     lines += ["", "| target | value | goal | |", "|---|---|---|---|"]
     for t in report["targets"]:
         met = {True: "met", False: "**missed**", None: "n/a (mode not run or failed)"}[t["met"]]
-        value = ", ".join(t["value"]) if isinstance(t["value"], list) else _num(t["value"], 3)
+        value = (
+            ", ".join(t["value"])
+            if isinstance(t["value"], list)
+            else t["value"]
+            if isinstance(t["value"], str)
+            else _num(t["value"], 3)
+        )
         lines.append(f"| {t['target']} | {value} | {t['goal']} | {met} |")
     lineage = modes.get("lineage") or {}
     stash = [(k, lineage.get(k) or {}) for k in ("stash", "gcs5")]

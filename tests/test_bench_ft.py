@@ -71,6 +71,17 @@ def test_a_failure_that_does_not_show_takes_no_time_and_one_that_never_ends_has_
     assert recovery_s(late, T0 + 3000, OFFERED, 10.0, until_ms=T0 + 6000, hold_ms=500) is None
 
 
+def test_a_dip_long_after_the_kill_is_not_the_failure():
+    # the output holds for 1.5 s after the kill, then one window falls short (a burst cut in two)
+    tl = synthetic(steady(45) + [(500, 10.0)] * 2 + steady(40))
+    kill = T0 + 30 * 100
+    assert recovery_s(tl, kill, OFFERED, 10.0, until_ms=T0 + 87 * 100, hold_ms=500) == 0.0
+    # the same dip within the settle time after the kill is the failure's: recovered after it
+    early = synthetic(steady(33) + [(500, 10.0)] * 2 + steady(40))
+    # (the window from bucket 34 on holds 90% of the offered records again)
+    assert recovery_s(early, kill, OFFERED, 10.0, until_ms=T0 + 75 * 100, hold_ms=500) == pytest.approx(0.4)
+
+
 def test_stash_series_sums_instances_and_survives_a_restart():
     def gauges(stash: list[int], piggy: list[int]) -> dict:
         return {
@@ -114,6 +125,13 @@ def test_targets_are_met_missed_or_not_applicable():
     assert met["lineage: instances rolled back"] is True
     modes["lineage"]["rolled_back"] = ["count/1", "write/0"]
     assert {t["target"]: t["met"] for t in targets(modes)}["lineage: instances rolled back"] is False
+    # recovery against checkpoint's: a ratio; a checkpoint failure that did not show leaves none to meet
+    modes["checkpoint"] = {"recovery_s": 2.0}
+    row = next(t for t in targets(modes) if t["target"] == "lineage recovery / checkpoint recovery")
+    assert (row["value"], row["met"]) == (0.25, True)
+    modes["checkpoint"] = {"recovery_s": 0.0}
+    row = next(t for t in targets(modes) if t["target"] == "lineage recovery / checkpoint recovery")
+    assert (row["value"], row["met"]) == ("checkpoint 0 s", False)
 
 
 @pytest.mark.bench
