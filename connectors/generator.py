@@ -140,10 +140,23 @@ class _GeneratorReader(SourceReader):
         return self._produced if self._period_ns is None else (self._produced, self._start_ns)
 
     def seek(self, offset: Any) -> None:
-        if isinstance(offset, int):  # a plain count: from a reader without a rate; the schedule stays
+        if (
+            type(offset) is int and offset >= 0
+        ):  # a plain count: from a reader without a rate; the schedule stays
             self._produced = offset
-        else:
-            self._produced, self._start_ns = offset
+            return
+        try:
+            produced, start_ns = (
+                offset  # a rate-limited reader's (records, schedule start), a list after msgpack
+            )
+            if type(produced) is not int or produced < 0 or not (start_ns is None or type(start_ns) is int):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"GeneratorSource: cannot seek to offset {offset!r}: expected a record count, or (record count, "
+                "schedule start in ns or None) from a reader with a rate; was the checkpoint taken by another job?"
+            ) from None
+        self._produced, self._start_ns = produced, start_ns
 
     def ingest_ns(self) -> int | None:
         return self._ingest_ns

@@ -282,8 +282,8 @@ def checkpoint_phase(instance: str) -> float:
     every instance's snapshot, every state flush and fsync and every record at the coordinator in the
     same few milliseconds, which the batches in flight then wait behind. Spread over the interval by
     a hash of the name, the same in every process and incarnation, they cost the same but one at a time
-    (union word count, a quarter of its maximum rate: lineage's sink p99 36-46 ms against 51-76 ms
-    with the checkpoints taken together, four alternating runs each).
+    (union word count at half its maximum rate: lineage's sink p99 36-46 ms against 51-76 ms with
+    the checkpoints taken together, four alternating runs each).
 
     >>> checkpoint_phase("count/1") == checkpoint_phase("count/1") and 0 <= checkpoint_phase("a/0") < 1
     True

@@ -6,7 +6,8 @@ that keeps filling (:meth:`~engine.connector.SourceReader.ingest_ns`: a generato
 time of the read; every operator passes the stamp of the batch it processes on to the batches it
 emits (a buffer keeps the stamp of its oldest record), and a sink calls :meth:`BatchStamp.written`
 when it writes a batch: after the output-commit wait, under the lineage stash, so the figure is what
-the outside world sees. Replayed batches are stamped again the same way; the figures are measurements, never state.
+the outside world sees. Replayed batches are stamped again the same way; the figures are measurements,
+never state.
 
 Two views of the same events: :class:`LatencyHistogram`, the percentiles of the last batches written,
 and :class:`Timeline`, records written and a latency histogram per 100 ms of wall-clock time. Timeline

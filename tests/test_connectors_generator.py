@@ -151,6 +151,15 @@ async def test_a_restored_reader_keeps_the_schedule_of_the_one_it_replaces():
     assert second.ingest_ns() == offset[1] + 15 * 2_000_000
 
 
+@pytest.mark.parametrize("offset", [-1, "3", (1, 2, 3), (1.5, None), (2, "x"), None])
+def test_seeking_to_an_offset_no_reader_made_says_what_was_expected(offset):
+    reader = GeneratorSource(int, rate=1000).open(0, 1)
+    with pytest.raises(
+        ValueError, match=r"^GeneratorSource: cannot seek to offset .*: expected a record count"
+    ):
+        reader.seek(offset)
+
+
 async def test_without_a_rate_the_offset_is_a_count_and_batches_are_stamped_when_read():
     reader = GeneratorSource(int).open(0, 1)
     await reader.read(5)
