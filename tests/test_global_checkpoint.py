@@ -17,7 +17,8 @@ from test_input_gate import FakeChannel
 from test_recovery import assert_exactly_once, restarted, run_killing, union_job
 
 from connectors import CollectSink
-from engine.codec import Batch, decode_batch, encode_batch
+from engine.codec import Batch, decode_batch, encode_batch, pack
+from engine.connector import SinkWriter
 from engine.errors import ProtocolError
 from engine.fault_tolerance import FaultTolerance
 from engine.global_checkpoint import FINAL_CHECKPOINT, EpochGate
@@ -145,9 +146,19 @@ async def test_a_barrier_in_a_job_of_another_mode_is_a_clear_error():
         await ft.on_barrier(0, 3)
 
 
-class _Writer:
+class _Writer(SinkWriter):
+    """Prepares a batch as text, as a file sink encodes lines, and counts what it prepared."""
+
     def __init__(self) -> None:
         self.written: list[Any] = []
+        self.prepared = 0
+
+    def prepare(self, records: Any) -> Any:
+        self.prepared += 1
+        return ",".join(str(int(r)) for r in records)  # int(): a record it cannot encode raises
+
+    def write_prepared(self, prepared: Any) -> None:
+        self.written.extend(int(x) for x in prepared.split(",") if x)
 
     def write_batch(self, records: Any) -> None:
         self.written.extend(records)
@@ -183,3 +194,17 @@ def test_sinks_write_an_epoch_when_its_checkpoint_completes():
     again = _Writer()
     EpochGate(_FT(again)).restore(snapshot)  # type: ignore[arg-type]
     assert again.written == [1, 2, 3]
+    # held as the writer prepared them, once per batch, when they arrived; restored ones are not prepared again
+    assert writer.prepared == 3 and again.prepared == 0
+    # a checkpoint taken before batches were held prepared: (writer, msgpack-packed records, stamp)
+    old = _Writer()
+    EpochGate(_FT(old)).restore([[1, [(0, pack([1, 2]), None)]], [2, [(0, pack([3]), 7)]]])  # type: ignore[arg-type]
+    assert old.written == [1, 2, 3]
+
+
+def test_a_record_the_sink_cannot_encode_fails_when_it_is_held_not_when_its_epoch_is_written():
+    writer = _Writer()
+    gate = EpochGate(_FT(writer))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        gate.hold(writer, [1, object()], None)  # type: ignore[arg-type]
+    assert gate.held_records == 0 and gate.current == []
