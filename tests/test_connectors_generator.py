@@ -123,11 +123,13 @@ async def test_a_reader_behind_its_schedule_catches_up_at_once_with_the_records_
     reader = GeneratorSource(int, rate=2000, batch_hint=100).open(0, 1)
     assert await reader.read(100) == list(range(100))  # the schedule starts here: ~50 ms of waiting
     start_ns, before = reader.offset()[1], time.time_ns()
-    assert abs(reader.ingest_ns() - before) < 20e6  # on schedule: the newest record fell due just now
+    assert abs(reader.ingest_ns() - before) < 40e6  # on schedule: the newest record fell due just now
     await asyncio.sleep(0.3)
     t0 = time.monotonic()
     batches = [await reader.read(100) for _ in range(3)]
-    assert time.monotonic() - t0 < 0.05  # due records are read without waiting
+    assert (
+        time.monotonic() - t0 < 0.08
+    )  # due records are read without waiting (a paced read would take 0.1 s)
     assert [b[0] for b in batches] == [100, 200, 300] and all(len(b) == 100 for b in batches)
     # stamped with when record 399 fell due, ~0.1 s before now: the time it waited counts as latency
     assert reader.ingest_ns() == start_ns + 400 * 500_000
@@ -144,7 +146,7 @@ async def test_a_restored_reader_keeps_the_schedule_of_the_one_it_replaces():
     second.seek(list(offset))  # as a checkpoint or a logged SOURCE hands it back, through msgpack
     t0 = time.monotonic()
     assert await second.read(50) == list(range(21, 121, 2))  # ~100 due already: no wait
-    assert time.monotonic() - t0 < 0.05
+    assert time.monotonic() - t0 < 0.08  # a paced read of 50 would take 0.1 s
     assert second.ingest_ns() == offset[1] + 60 * 2_000_000
     second.seek(offset)
     assert await second.read_exact(5) == list(range(21, 31, 2))
