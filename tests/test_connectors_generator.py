@@ -127,9 +127,8 @@ async def test_a_reader_behind_its_schedule_catches_up_at_once_with_the_records_
     await asyncio.sleep(0.3)
     t0 = time.monotonic()
     batches = [await reader.read(100) for _ in range(3)]
-    assert (
-        time.monotonic() - t0 < 0.08
-    )  # due records are read without waiting (a paced read would take 0.1 s)
+    # due records are read without waiting (a paced read would take 0.1 s)
+    assert time.monotonic() - t0 < 0.08
     assert [b[0] for b in batches] == [100, 200, 300] and all(len(b) == 100 for b in batches)
     # stamped with when record 399 fell due, ~0.1 s before now: the time it waited counts as latency
     assert reader.ingest_ns() == start_ns + 400 * 500_000
