@@ -345,7 +345,6 @@ class LineageFT(SnapshottingFT):
             lambda: {"job": services.job_id, "instance": name, "incarnation": self.incarnation},
             lambda: bool(self.gate.held),
             interval_s=services.log_flush_s,
-            is_sink=lambda: bool(self.sink_writers()),
         )
         self._committed_changed = asyncio.Event()
         self.commit_wait_s = 0.0  # time the loop spent waiting for the GCS (write-first only)

@@ -40,8 +40,8 @@ class LogShipper:
 
     ``want()`` when something depends on what is logged, ``logged()`` after each new determinant;
     :meth:`run` is the instance's shipping task. ``holding()`` says whether output waits in the
-    commit gate; ``identity()`` gives the fields that name the sender (job, instance, incarnation);
-    ``is_sink()``, asked when :meth:`run` starts, whether the instance writes to a sink.
+    commit gate (only a sink's can); ``identity()`` gives the fields that name the sender (job,
+    instance, incarnation).
     """
 
     def __init__(
@@ -52,14 +52,12 @@ class LogShipper:
         holding: Callable[[], bool],
         *,
         interval_s: float,
-        is_sink: Callable[[], bool],
     ):
         self.log = log
         self._send = send
         self._identity = identity
         self._holding = holding
         self._slow = interval_s
-        self._is_sink = is_sink
         self._wanted = asyncio.Event()
         self._lazy: asyncio.TimerHandle | None = None
         #: ``log`` messages sent
@@ -88,9 +86,9 @@ class LogShipper:
     async def run(self) -> None:
         """Ship until cancelled: each time something wants the log, at most once per interval."""
         # a sink's output waits for its own determinants: while some waits, they leave within 1 ms.
-        # An upstream instance's are mostly committed before its batches reach a sink
+        # An upstream instance's are mostly committed before its batches reach a sink (and it holds none)
         slow = self._slow
-        fast = min(slow, SINK_LOG_FLUSH_S) if self._is_sink() else slow
+        fast = min(slow, SINK_LOG_FLUSH_S)
         holding, last = self._holding, 0.0
         told = False  # what the coordinator last heard: whether our output waits for commits
         while True:

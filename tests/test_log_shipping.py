@@ -15,7 +15,7 @@ from engine.log_shipping import LogShipper
 class Harness:
     """A shipper over a real causal log, its messages collected instead of sent."""
 
-    def __init__(self, *, sink: bool = True, interval_s: float = 0.005):
+    def __init__(self, *, interval_s: float = 0.005):
         self.log = CausalLog(owner="out/0")
         self.holding = asyncio.Event()
         self.sent: list[dict[str, Any]] = []
@@ -25,7 +25,6 @@ class Harness:
             lambda: {"job": "j", "instance": "out/0", "incarnation": 0},
             self.holding.is_set,
             interval_s=interval_s,
-            is_sink=lambda: sink,
         )
         self.task = asyncio.get_running_loop().create_task(self.shipper.run())
 
@@ -64,7 +63,7 @@ async def test_determinants_nothing_depends_on_wait_for_the_lazy_pace(lazy: floa
 
 
 async def test_a_batch_sent_ships_what_was_logged_before_it_in_one_message(lazy: float) -> None:
-    h = Harness(sink=False)
+    h = Harness()
     h.recv()  # SOURCE, say
     h.recv()  # and the FLUSH that sends the batch
     h.shipper.want()  # the batch leaves
@@ -112,9 +111,9 @@ async def test_output_held_with_the_log_already_shipped_is_told_once(lazy: float
 
 
 async def test_a_sink_ships_within_a_millisecond_while_output_waits_and_others_keep_their_pace() -> None:
-    sink, other = Harness(sink=True, interval_s=0.2), Harness(sink=False, interval_s=0.2)
+    sink, other = Harness(interval_s=0.2), Harness(interval_s=0.2)
+    sink.holding.set()  # only a sink's commit gate holds output
     for h in (sink, other):
-        h.holding.set()
         h.recv()
         h.shipper.want()
     await asyncio.sleep(0.02)
