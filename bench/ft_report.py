@@ -106,13 +106,11 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     lines += ["", "| target | value | goal | |", "|---|---|---|---|"]
     for t in report["targets"]:
         met = {True: "met", False: "**missed**", None: "n/a (mode not run or failed)"}[t["met"]]
-        value = (
-            ", ".join(t["value"])
-            if isinstance(t["value"], list)
-            else t["value"]
-            if isinstance(t["value"], str)
-            else _num(t["value"], 3)
-        )
+        value = t["value"]  # a number, a list of instances, or words
+        if isinstance(value, list):
+            value = ", ".join(value)
+        elif not isinstance(value, str):
+            value = _num(value, 3)
         lines.append(f"| {t['target']} | {value} | {t['goal']} | {met} |")
     lineage = modes.get("lineage") or {}
     stash = [(k, lineage.get(k) or {}) for k in ("stash", "gcs5")]

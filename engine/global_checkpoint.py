@@ -35,9 +35,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-import msgpack
-
 from engine.checkpoint import CheckpointRecord, CheckpointStore
+from engine.codec import unpack
 from engine.connector import SinkWriter
 from engine.errors import ChannelBroken
 from engine.fault_tolerance import ChannelSender
@@ -124,7 +123,7 @@ class EpochGate:
                     len(item) == 3
                 ):  # saved before batches were held as prepared: (index, packed records, stamp)
                     index, data, _ = item
-                    records = msgpack.unpackb(data, use_list=False, strict_map_key=False)
+                    records = unpack(data)
                     restored.append((int(index), writers[int(index)].prepare(records), len(records), None))
                 else:
                     index, prepared, count, _ = item
