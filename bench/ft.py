@@ -5,7 +5,8 @@
     stashflow bench ft [--quick] [--out bench/out] [--modes none,lineage,wal,checkpoint]
     .venv/bin/python bench/ft.py [the same options]   # --help lists the rest
 
-The job is the union word count of the lineage-stash tests (``jobs/union_count.py``): two
+The job is ``--job`` (:class:`JobSpec` says what it must take), by default the union word count of the
+lineage-stash tests (``jobs/union_count.py``): two
 rate-limited generators of 5-word sentences -> ``union`` -> ``flat_map(split)`` -> ``key_by`` -> running
 ``count`` -> ``FileSink``, ``--parallelism 2``. The sink runs as one instance in a task of its own
 (``sink_parallelism=1``, a parallelism that does not chain it to ``count``): killing ``count/1`` then
@@ -49,9 +50,11 @@ reporting every 0.1 s (``STASHFLOW_HEARTBEAT_S``). Phases, ``none`` first since 
 delay 0 from the failure run's steady part before the kill instead of a run of its own.
 
 Outputs of modes that promise exactly-once (all but ``none``) are checked line by line after the failure
-runs: each word ``w`` the sources produce ``N_w`` times must appear as ``[w, 1] .. [w, N_w]``, each once,
-and nothing else; and in a run without a kill the sink's timeline must count every record written (a
-record lost or written twice changes that count). A run that fails, misses a check or does not show its kill is reported in one line naming the
+runs: for the default job, each word ``w`` the sources produce ``N_w`` times must appear as
+``[w, 1] .. [w, N_w]``, each once, and nothing else; for another job, the lines must be those of a run
+of the same records without a failure (``--no-output-check``: not at all); and in a run without a kill
+the sink's timeline must count every record written (a record lost or written twice changes that
+count). A run that fails, misses a check or does not show its kill is reported in one line naming the
 mode, the phase and the error; that mode gets no figures and the harness exits 1. Written to ``--out``:
 ``ft.json`` (every figure, per mode ``throughput``, ``p50_ms``, ``p99_ms``, ``recovery_s``,
 ``rolled_back``...), ``ft.md`` (tables and the targets, met or missed) and PNG plots (``ft_report``);
@@ -70,6 +73,7 @@ import signal
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,8 +84,10 @@ from ft_analysis import (
     RATE_SHARE,
     VICTIM,
     check_exactly_once,
+    compare_outputs,
     latency_figures,
     longest_zero_s,
+    output_lines,
     output_span,
     recovery_s,
     series,
@@ -95,11 +101,16 @@ from ft_analysis import (
 )
 
 from engine.config import FT_MODES
+from engine.errors import StashflowError
+from engine.loader import JobRef, load_job, parse_params
 from engine.metrics import BUCKET_MS, Timeline
+from engine.plan import Plan
 
-__all__ = ["PhaseFailed", "main", "recovery_s"]
+__all__ = ["JobSpec", "PhaseFailed", "main", "recovery_s"]
 
 JOB = REPO / "jobs" / "union_count.py"
+#: every run's parallelism (the sink's may differ: the default job's is 1)
+PARALLELISM = 2
 
 
 class PhaseFailed(Exception):
@@ -110,6 +121,92 @@ class PhaseFailed(Exception):
         self.mode, self.phase, self.error = mode, phase, error
 
 
+@dataclass(frozen=True)
+class JobSpec:
+    """The job under test and how the harness drives it (``--job`` and the options beside it).
+
+    Any job file will do whose ``build`` takes a number of records per source step (``count_param``), an
+    offered rate in records/s per source step (``rate_param``; its sources must keep to it, as
+    ``GeneratorSource(rate=...)`` does) and an ``output`` directory its sink writes files into, and
+    whose sink runs in a task of its own (not chained to the instance killed). ``params``: further
+    ``-P`` values, every run alike.
+    """
+
+    path: Path
+    count_param: str
+    rate_param: str
+    victim: str
+    params: dict[str, str]
+    sources: int  # source steps: the offered rate is split evenly over them
+    sink_steps: tuple[str, ...]
+
+    @property
+    def default(self) -> bool:
+        """The union word count, whose output is checked word by word and counted in words."""
+        return self.path == JOB
+
+    @property
+    def unit(self) -> str:
+        return "sentences" if self.default else "records"
+
+    def display(self) -> str:
+        return str(self.path.relative_to(REPO)) if self.path.is_relative_to(REPO) else str(self.path)
+
+    @classmethod
+    def load(
+        cls, path: Path, count_param: str, rate_param: str, victim: str, params: dict[str, str]
+    ) -> JobSpec:
+        """Build the job once, as the runs will, and check that the harness can drive it.
+
+        Raises:
+            ValueError: one line naming what is wrong and how to fix it (the job does not load or lacks
+                a parameter the harness sets, the victim is not an instance of it, or a sink would die
+                with the victim).
+        """
+        path = path.resolve()
+        where = f"--job {path}"
+        if count_param == rate_param:
+            raise ValueError(
+                f"--count-param and --rate-param are both {count_param!r}: the job needs one of each"
+            )
+        if not path.is_file():
+            raise ValueError(f"{where}: no such file; give the path of a job file (e.g. jobs/union_count.py)")
+        trial = {
+            count_param: "10",
+            rate_param: "100",
+            "output": str(REPO / "bench" / "out" / "ft-check"),
+            **params,
+        }
+        try:
+            plan = Plan.of(load_job(JobRef.parse(str(path)), trial), PARALLELISM)
+        except StashflowError as exc:
+            raise ValueError(
+                f"{where} with -P {count_param}=N -P {rate_param}=R -P output=DIR (--count-param, --rate-param "
+                f"name the first two): {exc}"
+            ) from None
+        steps = {s.name: s for s in plan.job.steps}
+        step, _, index = victim.rpartition("/")
+        if step not in steps or not index.isdigit():
+            inner = [name for name, st in steps.items() if st.kind not in ("source", "sink")]
+            raise ValueError(
+                f"--victim {victim}: job {plan.job.name!r} has no such instance; name one as STEP/INDEX, "
+                f"e.g. --victim {(inner or list(steps))[-1]}/1 (steps: {', '.join(steps)})"
+            )
+        task = plan.task_of_step(step)
+        if int(index) >= task.parallelism:
+            raise ValueError(f"--victim {victim}: step {step!r} has instances 0..{task.parallelism - 1}")
+        sinks = tuple(s for s in steps if steps[s].kind == "sink")
+        chained = [s.name for s in task.steps if s.kind == "sink"]
+        if chained:
+            raise ValueError(
+                f"--victim {victim}: sink {chained[0]!r} runs in the same task and would die with it, taking "
+                "the timeline the harness measures; give the sink a parallelism of its own "
+                "(.sink(name, sink, parallelism=1)) or pick another victim"
+            )
+        sources = sum(1 for s in steps.values() if s.kind == "source")
+        return cls(path, count_param, rate_param, victim, dict(params), sources, sinks)
+
+
 # --- running the engine ------------------------------------------------------------------------------
 
 
@@ -117,7 +214,7 @@ class PhaseFailed(Exception):
 class Settings:
     """Sizes of the phases: the full run, or ``--quick``."""
 
-    throughput_sentences: int  # per source, no rate limit
+    throughput_records: int  # per source step, no rate limit
     throughput_rounds: int  # runs per mode, modes alternating; the median counts
     latency_s: float
     failure_s: float
@@ -182,50 +279,59 @@ class Bench:
         self.args = args
         self.s: Settings = args.settings
         self.runs_dir: Path = args.out / "ft-runs"
-        self.words = words_per_sentence()
-        self.offered: float | None = args.offered_rate  # source sentences/s, both sources together
+        self.job: JobSpec = args.job
+        #: sink records per source record: the default job's words per sentence; another job's as its
+        #: first run without a kill wrote them
+        self.fanout: float | None = words_per_sentence() if self.job.default else None
+        self.offered: float | None = args.offered_rate  # source records/s, all sources together
         self.modes: dict[str, dict[str, Any]] = {m: {} for m in args.modes}
         self.failed: dict[str, PhaseFailed] = {}
+        self._reference: dict[int, Counter[str]] = {}  # records per source -> a failure-free run's output
 
     @property
     def offered_sink(self) -> float:
-        assert self.offered is not None
-        return self.offered * self.words
+        assert self.offered is not None and self.fanout is not None
+        return self.offered * self.fanout
 
     async def engine(
         self,
         mode: str,
         phase: str,
-        sentences: int,
+        records: int,
         *,
         rate: float | None = None,
         gcs_delay_ms: float = 0.0,
         kill_at: float | None = None,
         self_kill_at: float | None = None,
     ) -> EngineRun:
-        """Run the job once; ``kill_at``: ``--kill count/1@T``; ``self_kill_at``: SIGKILL count/1's worker
+        """Run the job once, ``records`` per source step at ``rate`` records/s per source step (``None``:
+        no limit); ``kill_at``: ``--kill VICTIM@T``; ``self_kill_at``: SIGKILL the victim's worker
         ourselves T s after the first output (``--ft none``, which ``--kill`` refuses)."""
+        job, victim = self.job, self.job.victim
         work = self.runs_dir / f"{mode}-{phase}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         out, metrics_file = work / "output", work / "metrics.json"
-        load_s = sentences / rate if rate else 60.0
+        load_s = records / rate if rate else 60.0
         timeout = load_s + 60
+        params = {job.count_param: str(records), "output": str(out), **job.params}
+        if rate:
+            params[job.rate_param] = f"{rate:.1f}"
         argv = [
-            sys.executable, "-m", "engine", "run", str(JOB),
-            "-P", f"sentences={sentences}", "-P", f"output={out}", "-P", "sink_parallelism=1",
-            *(["-P", f"rate={rate:.1f}"] if rate else []),
-            "--parallelism", "2", "--ft", mode,
+            sys.executable, "-m", "engine", "run", str(job.path),
+            *(a for k, v in params.items() for a in ("-P", f"{k}={v}")),
+            "--parallelism", str(PARALLELISM), "--ft", mode,
             "--checkpoint-interval", f"{self.args.checkpoint_interval:g}",
+            *(["--batch-size", str(self.args.batch_size)] if self.args.batch_size else []),
             "--gcs-delay-ms", f"{gcs_delay_ms:g}",
             "--timeout", f"{timeout:g}", "--metrics-out", str(metrics_file),
-            *(["--kill", f"{VICTIM}@{kill_at:g}"] if kill_at is not None else []),
+            *(["--kill", f"{victim}@{kill_at:g}"] if kill_at is not None else []),
         ]  # fmt: skip
         env = {"STASHFLOW_HEARTBEAT_S": f"{self.args.heartbeat_s:g}"}
         killed_at: float | None = None
         chunks: list[bytes] = []
-        print(f"ft: {mode:<10} {phase:<13} {sentences:>9,} sentences/source"
-              + (f" at {rate * 2:,.0f}/s" if rate else ", no rate limit"), file=sys.stderr)  # fmt: skip
+        print(f"ft: {mode:<10} {phase:<13} {records:>9,} {job.unit}/source"
+              + (f" at {rate * job.sources:,.0f}/s" if rate else ", no rate limit"), file=sys.stderr)  # fmt: skip
         with OtherWork() as others:
             began = time.perf_counter()
             proc = await start(argv, env=env)
@@ -233,7 +339,7 @@ class Bench:
             async def read_stderr() -> None:
                 nonlocal killed_at
                 assert proc.stderr is not None
-                marker = f"--kill {VICTIM}@".encode()
+                marker = f"--kill {victim}@".encode()
                 while chunk := await proc.stderr.read(65536):
                     if killed_at is None and marker in chunk and b": killed " in chunk:
                         killed_at = time.time()  # the CLI prints it right after the SIGKILL
@@ -246,11 +352,10 @@ class Bench:
 
             async def kill_victim(after_s: float) -> None:
                 nonlocal killed_at
-                part = out / "part-0.jsonl"
-                while not (part.exists() and part.stat().st_size > 0):
+                while not any(p.is_file() and p.stat().st_size > 0 for p in out.rglob("*")):
                     await asyncio.sleep(0.01)
                 await asyncio.sleep(after_s)
-                pid = find_pinned_worker(proc.pid, VICTIM)
+                pid = find_pinned_worker(proc.pid, victim)
                 if pid is not None:
                     os.kill(pid, signal.SIGKILL)
                     killed_at = time.time()
@@ -281,36 +386,65 @@ class Bench:
             ) from None
         return EngineRun(argv, proc.returncode or 0, stderr, wall, killed_at, metrics, out, others.cpu_s)
 
-    def finished(self, mode: str, phase: str, run: EngineRun, sentences: int) -> None:
+    async def finished(self, mode: str, phase: str, run: EngineRun, records: int) -> None:
         """The run must have finished, its sink's timeline must count every record written (without a
         kill, no report can have been lost, and a record lost or written twice changes the count), and
-        under a mode that promises it the output of the failure run must be exactly once, line by line
-        (reading 3-10M lines takes longer than the run itself: 5-18 s, which on every run made the
-        default evaluation last 7.5 minutes instead of under 6)."""
+        under a mode that promises it the output of the failure run must be exactly once (reading 3-10M
+        lines takes longer than the run itself: 5-18 s, which on every run made the default evaluation
+        last 7.5 minutes instead of under 6)."""
         if run.returncode != 0 or run.metrics.get("state") != "finished":
             raise PhaseFailed(
                 mode, phase, f"the job did not finish (exit code {run.returncode}): {run.error_line()}"
             )
         written = sum(r for r, _, _ in sink_timeline(run.metrics).buckets.values())
-        if run.killed_at is None and written != 2 * sentences * self.words:
-            raise PhaseFailed(
-                mode, phase, f"the sink's timeline counts {written:,} records written, the job wrote "
-                f"{2 * sentences * self.words:,}: reports were lost"
-            )  # fmt: skip
+        if run.killed_at is None:
+            if self.job.default:  # known in advance: every word of every sentence
+                expected = self.job.sources * records * words_per_sentence()
+            else:  # what the sink instances took in (a record lost or doubled on the way shows at the end)
+                expected = sum(
+                    m.get("records_in", 0)
+                    for name, m in run.metrics["instances"].items()
+                    if name.rpartition("/")[0] in self.job.sink_steps
+                )
+                if self.fanout is None and expected:
+                    self.fanout = expected / (self.job.sources * records)
+            if written != expected:
+                raise PhaseFailed(
+                    mode, phase, f"the sink's timeline counts {written:,} records written, the job wrote "
+                    f"{expected:,}: reports were lost"
+                )  # fmt: skip
         if mode != "none" and phase == "failure":
-            try:
-                check_exactly_once(run.out_dir, sentences)
-            except ValueError as exc:
-                raise PhaseFailed(mode, phase, str(exc)) from None
+            await self.check_output(mode, run, records)
         shutil.rmtree(run.out_dir, ignore_errors=True)  # checked: only the metrics are worth keeping
+
+    async def check_output(self, mode: str, run: EngineRun, records: int) -> None:
+        """Exactly once after a kill: the default job's output line by line (``[w, 1] .. [w, N_w]`` per
+        word); another job's against the output of a run of the same records without a failure
+        (``--ft none``, no rate limit, once per size), unless ``--no-output-check``."""
+        try:
+            if self.job.default:
+                check_exactly_once(run.out_dir, records)
+            elif self.args.output_check:
+                if records not in self._reference:
+                    ref = await self.engine("none", "reference", records)
+                    if ref.returncode != 0 or ref.metrics.get("state") != "finished":
+                        raise PhaseFailed(
+                            mode, "reference", f"the failure-free run of {records:,} {self.job.unit} per source "
+                            f"did not finish (exit code {ref.returncode}): {ref.error_line()}"
+                        )  # fmt: skip
+                    self._reference[records] = output_lines(ref.out_dir)
+                    shutil.rmtree(ref.out_dir, ignore_errors=True)
+                compare_outputs(output_lines(run.out_dir), self._reference[records])
+        except ValueError as exc:
+            raise PhaseFailed(mode, "failure", str(exc)) from None
 
     # --- phases ----------------------------------------------------------------------------------------
 
     async def throughput(self, mode: str, round_: int) -> None:
-        n = self.s.throughput_sentences
+        n = self.s.throughput_records
         phase = "throughput" if self.s.throughput_rounds == 1 else f"throughput-{round_ + 1}"
         run = await self.engine(mode, phase, n)
-        self.finished(mode, phase, run, n)
+        await self.finished(mode, phase, run, n)
         self.modes[mode].setdefault("throughput_runs", []).append(run.metrics["records_per_s"])
         self.modes[mode].setdefault("runs", {})[phase] = run.summary()
 
@@ -333,9 +467,10 @@ class Bench:
         phase = "latency-light" if light else "latency" if gcs_delay_ms == 0 else "latency-gcs5"
         assert self.offered is not None
         offered = self.offered / 2 if light else self.offered
-        n = round(offered / 2 * self.s.latency_s)
-        run = await self.engine(mode, phase, n, rate=offered / 2, gcs_delay_ms=gcs_delay_ms)
-        self.finished(mode, phase, run, n)
+        per_source = offered / self.job.sources
+        n = round(per_source * self.s.latency_s)
+        run = await self.engine(mode, phase, n, rate=per_source, gcs_delay_ms=gcs_delay_ms)
+        await self.finished(mode, phase, run, n)
         tl = sink_timeline(run.metrics)
         warmup_ms = int(self.s.warmup_s * 1000)
         figures: dict[str, Any] = latency_figures(tl, warmup_ms)
@@ -351,7 +486,7 @@ class Bench:
             raise PhaseFailed(mode, phase, "the sink's timeline has no stamped batches")
         start = span[0] + warmup_ms
         figures["output_share"] = round(
-            window(tl, start, span[0] + int(self.s.latency_s * 1000))[0] / (offered * self.words), 3
+            window(tl, start, span[0] + int(self.s.latency_s * 1000))[0] / (offered * self.fanout), 3
         )
         if light:
             figures["offered_rate"] = offered
@@ -368,7 +503,9 @@ class Bench:
 
     async def failure(self, mode: str) -> None:
         assert self.offered is not None
-        rate, n = self.offered / 2, round(self.offered / 2 * self.s.failure_s)
+        victim = self.job.victim
+        rate = self.offered / self.job.sources
+        n = round(rate * self.s.failure_s)
         if mode == "none":
             run = await self.engine(mode, "failure", n, rate=rate, self_kill_at=self.s.kill_at)
             if run.metrics.get("state") != "failed" or run.killed_at is None:
@@ -378,7 +515,7 @@ class Bench:
                 )  # fmt: skip
             rerun_n = round(rate * self.s.rerun_s)
             rerun = await self.engine(mode, "rerun", rerun_n, rate=rate)
-            self.finished(mode, "rerun", rerun, rerun_n)
+            await self.finished(mode, "rerun", rerun, rerun_n)
             shutil.rmtree(run.out_dir, ignore_errors=True)
             rolled_back = sorted(run.metrics["instances"])
             rerun_span = output_span(sink_timeline(rerun.metrics))
@@ -388,15 +525,15 @@ class Bench:
             self.modes[mode].setdefault("runs", {})["rerun"] = rerun.summary()
         else:
             run = await self.engine(mode, "failure", n, rate=rate, kill_at=self.s.kill_at)
-            self.finished(mode, "failure", run, n)
+            await self.finished(mode, "failure", run, n)
             if run.killed_at is None:
                 raise PhaseFailed(
-                    mode, "failure", f"the CLI never reported killing {VICTIM}: {run.error_line()}"
+                    mode, "failure", f"the CLI never reported killing {victim}: {run.error_line()}"
                 )
             instances = run.metrics["instances"]
             rolled_back = sorted(name for name, m in instances.items() if m.get("restarts"))
-            if VICTIM not in rolled_back:
-                raise PhaseFailed(mode, "failure", f"{VICTIM} was killed but did not restart: {rolled_back}")
+            if victim not in rolled_back:
+                raise PhaseFailed(mode, "failure", f"{victim} was killed but did not restart: {rolled_back}")
             tl = sink_timeline(run.metrics)
         self.modes[mode].setdefault("runs", {})["failure"] = run.summary()
         kill_ms = run.killed_at * 1000
@@ -424,7 +561,7 @@ class Bench:
         recovery = recovery_s(
             tl, kill_ms, self.offered_sink, steady["p99_ms"], until_ms=until_ms, hold_ms=hold
         )
-        victim = run.metrics["instances"].get(VICTIM, {})
+        victim_metrics = run.metrics["instances"].get(victim, {})
         self.modes[mode].update(
             {
                 "recovery_s": recovery,
@@ -434,7 +571,7 @@ class Bench:
                 "recovery_window_s": hold / 1000,
                 "zero_output_max_s": longest_zero_s(tl, kill_ms, until_ms),
                 "kill_after_s": round((kill_ms - span[0]) / 1000, 3),
-                "live_s": [r.get("live_s") for r in victim.get("recoveries", [])],
+                "live_s": [r.get("live_s") for r in victim_metrics.get("recoveries", [])],
                 "timeline": series(tl, kill_ms),
             }
         )
@@ -500,13 +637,19 @@ class Bench:
             "benchmark": "ft",
             "quick": self.args.quick,
             "config": {
-                "job": str(JOB.relative_to(REPO)),
-                "parallelism": 2,
-                "sink_parallelism": 1,
-                "victim": VICTIM,
+                "job": self.job.display(),
+                "params": self.job.params,
+                "unit": self.job.unit,
+                "sink_unit": "words" if self.job.default else "records",
+                "parallelism": PARALLELISM,
+                "victim": self.job.victim,
                 "checkpoint_interval_s": self.args.checkpoint_interval,
+                "batch_size": self.args.batch_size,
                 "heartbeat_s": self.args.heartbeat_s,
-                "words_per_sentence": self.words,
+                "sink_records_per_source_record": self.fanout,
+                "output_check": "word by word"
+                if self.job.default
+                else ("against a failure-free run" if self.args.output_check else "off"),
                 **{k: v for k, v in vars(self.s).items()},
                 "recovery_rule": f"rate >= {RATE_SHARE:g} x offered and p99 < {P99_FACTOR:g} x steady, "
                 f"over {self.s.hold_s:g} s windows (checkpoint: at least the checkpoint interval), held as long",
@@ -516,7 +659,7 @@ class Bench:
             "machine": machine,
             "wall_s": round(time.perf_counter() - started, 1),
             "modes": modes,
-            "targets": targets(ok),
+            "targets": targets(ok, self.job.victim),
         }
 
 
@@ -536,9 +679,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--offered-rate",
         type=float,
         default=None,
-        help="sentences/s of both sources together for the latency and failure runs (default: half of none's max)",
+        help="source records/s, all sources together, for the latency and failure runs (default: half of none's max)",
+    )
+    parser.add_argument(
+        "--job",
+        type=Path,
+        default=JOB,
+        help="the job file to run (default: jobs/union_count.py); see --count-param, --rate-param, --victim",
+    )
+    parser.add_argument(
+        "-P",
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter of the job for every run (repeatable); the default job gets sink_parallelism=1",
+    )
+    parser.add_argument(
+        "--count-param",
+        default="sentences",
+        help="the job's parameter for records per source step (default: sentences)",
+    )
+    parser.add_argument(
+        "--rate-param",
+        default="rate",
+        help="the job's parameter for records/s per source step (default: rate)",
+    )
+    parser.add_argument(
+        "--victim", default=VICTIM, help=f"the instance the failure runs kill, STEP/INDEX (default: {VICTIM})"
+    )
+    parser.add_argument(
+        "--no-output-check",
+        dest="output_check",
+        action="store_false",
+        help="a job other than the default one: skip comparing a failure run's output with a failure-free "
+        "run's (for jobs whose output depends on arrival order)",
+    )
+    parser.add_argument(
+        "--records",
+        type=int,
+        default=None,
+        help="records per source step in a throughput run (default 300,000; --quick 20,000): a few seconds' worth",
     )
     parser.add_argument("--checkpoint-interval", type=float, default=1.0, help="seconds, every mode alike")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="records per batch, every mode alike (default: the engine's)",
+    )
     parser.add_argument("--heartbeat-s", type=float, default=0.1, help="seconds between workers' reports")
     parser.add_argument(
         "--quiet-wait",
@@ -554,15 +743,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"--modes {args.modes!r}: this build has {', '.join(FT_MODES)}; not {', '.join(unknown)}"
         )
     if "none" not in modes and args.offered_rate is None:
-        parser.error("without mode none, give the offered rate: --offered-rate SENTENCES_PER_S")
+        parser.error("without mode none, give the offered rate: --offered-rate RECORDS_PER_S")
     args.modes = sorted(dict.fromkeys(modes), key=lambda m: (m != "none", modes.index(m)))
     if args.offered_rate is not None and args.offered_rate <= 0:
         parser.error("--offered-rate must be positive")
     if args.checkpoint_interval <= 0 or args.heartbeat_s <= 0:
         parser.error("--checkpoint-interval and --heartbeat-s must be positive")
+    if args.batch_size is not None and args.batch_size <= 0:
+        parser.error(f"--batch-size must be a positive number of records, got {args.batch_size}")
+    try:
+        params = parse_params(args.param)
+        if args.job.resolve() == JOB:
+            params = {"sink_parallelism": "1", **params}
+        args.job = JobSpec.load(args.job, args.count_param, args.rate_param, args.victim, params)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.quiet_wait is None:
         args.quiet_wait = 0.0 if args.quick else 20.0
+    if args.records is not None and args.records <= 0:
+        parser.error(f"--records must be a positive number of records per source step, got {args.records}")
     args.settings = Settings.of(args.quick)
+    if args.records is not None:
+        args.settings.throughput_records = args.records
     args.out = args.out.resolve()
     return args
 

@@ -67,6 +67,29 @@ def check_exactly_once(out_dir: Path, sentences: int) -> int:
     return lines
 
 
+def output_lines(out_dir: Path) -> Counter[str]:
+    """Every line of every file a sink wrote under ``out_dir`` (any depth), as a multiset."""
+    lines: Counter[str] = Counter()
+    for path in sorted(p for p in out_dir.rglob("*") if p.is_file()):
+        with path.open(encoding="utf-8", errors="replace") as f:
+            lines.update(line.rstrip("\n") for line in f)
+    return lines
+
+
+def compare_outputs(got: Counter[str], reference: Counter[str]) -> None:
+    """Raise ``ValueError`` unless ``got`` holds the lines of ``reference``, each as often, and nothing else."""
+    if got == reference:
+        return
+    missing, extra = reference - got, got - reference
+    examples = [f"missing {line[:60]!r}" for line in list(missing)[:2]]
+    examples += [f"extra {line[:60]!r}" for line in list(extra)[:2]]
+    raise ValueError(
+        f"output is not that of a failure-free run of the same records: {missing.total():,} lines missing, "
+        f"{extra.total():,} extra ({'; '.join(examples)}); if the job's output depends on the order in which "
+        "its inputs arrive (a running reduce over several inputs), that is no loss: pass --no-output-check"
+    )
+
+
 def sink_timeline(metrics: dict[str, Any]) -> Timeline:
     """The job's output over time: the sum of the timelines of its sink instances."""
     return Timeline.combine(
@@ -220,8 +243,9 @@ def latency_figures(tl: Timeline, warmup_ms: int, end_ms: int | None = None) -> 
     return {k: percentile_ms(hist, q) for k, q in (("p50_ms", 0.5), ("p99_ms", 0.99), ("p999_ms", 0.999))}
 
 
-def targets(modes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets, each with its value and whether it is met (``None``: a mode it needs is missing)."""
+def targets(modes: dict[str, dict[str, Any]], victim: str = VICTIM) -> list[dict[str, Any]]:
+    """The issue's targets, each with its value and whether it is met (``None``: a mode it needs is missing);
+    ``victim``: the instance the failure runs killed."""
 
     def get(mode: str, *path: str) -> Any:
         value: Any = modes.get(mode) or {}
@@ -259,8 +283,8 @@ def targets(modes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     add(
         "lineage: instances rolled back",
         rolled,
-        f"[{VICTIM}] only",
-        None if rolled is None else rolled == [VICTIM],
+        f"[{victim}] only",
+        None if rolled is None else rolled == [victim],
     )
     zero = get("lineage", "zero_output_max_s")
     add(

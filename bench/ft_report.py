@@ -37,6 +37,10 @@ def _ratio(a: Any, b: Any) -> str:
     return f"{a / b:.2f}x" if isinstance(a, int | float) and isinstance(b, int | float) and b else "-"
 
 
+def _params(params: dict[str, str] | None) -> str:
+    return "".join(f" -P {k}={v}" for k, v in (params or {}).items())
+
+
 def ok_modes(modes: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The modes that have figures (no error)."""
     return {mode: m for mode, m in modes.items() if "error" not in m}
@@ -45,17 +49,20 @@ def ok_modes(modes: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     modes, cfg, machine = report["modes"], report["config"], report["machine"]
     none = modes.get("none", {})
+    unit, sink_unit = cfg.get("unit", "sentences"), cfg.get("sink_unit", "words")
+    batch = f", batch size {cfg['batch_size']}" if cfg.get("batch_size") else ""
     lines = [
         "# Fault tolerance: throughput, latency and recovery per `--ft` mode",
         "",
         f"`stashflow bench ft{' --quick' if report['quick'] else ''}`: {machine.get('cpus')} CPUs "
         f"({machine.get('cpu', '?')}), Python {machine.get('python')}, {report['wall_s']:g} s in all. "
-        f"`{cfg['job']}`, parallelism {cfg['parallelism']}, the sink a task of its own; checkpoint "
-        f"interval {cfg['checkpoint_interval_s']:g} s. Offered rate {_num(report['offered_rate'])} "
-        f"sentences/s ({_num(report['offered_sink_rate'])} words/s at the sink), half of `none`'s maximum. "
+        f"`{cfg['job']}`{_params(cfg.get('params'))}, parallelism {cfg['parallelism']}, the sink a task of its "
+        f"own; checkpoint interval {cfg['checkpoint_interval_s']:g} s"
+        f"{batch}. Offered rate {_num(report['offered_rate'])} "
+        f"{unit}/s ({_num(report['offered_sink_rate'])} {sink_unit}/s at the sink), half of `none`'s maximum. "
         f"{cfg['victim']} is killed {cfg['kill_at']:g} s into the failure run.",
         "",
-        "| mode | max sentences/s (median) | / none (median; per round) | output / offered | p50 ms | p99 ms | p99.9 ms | p99 / none "
+        f"| mode | max {unit}/s (median) | / none (median; per round) | output / offered | p50 ms | p99 ms | p99.9 ms | p99 / none "
         "| p99 ms, GCS 5 ms | / GCS 0 | recovery s | longest zero output s | rolled back |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -86,7 +93,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         offered_light = next(iter(light_modes.values())).get("offered_rate")
         lines += [
             "",
-            f"Latency at a lighter load, {_num(offered_light)} sentences/s (a quarter of `none`'s maximum), GCS "
+            f"Latency at a lighter load, {_num(offered_light)} {unit}/s (a quarter of `none`'s maximum), GCS "
             "delay 0:",
             "",
             "| mode | output / offered | p50 ms | p99 ms | p99.9 ms | p99 / none | at the sink's input p50 / p99 ms |",
@@ -128,7 +135,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                 )
     lines += [
         "",
-        "Throughput: source sentences/s from the job's start to its end, without a rate limit. Latency: per "
+        f"Throughput: source {unit}/s from the job's start to its end, without a rate limit. Latency: per "
         f"batch, source ingestion to sink write, after {cfg['warmup_s']:g} s of output"
         + (" (`--quick`: from the failure run's steady part before the kill)" if report["quick"] else "")
         + ". Output / offered: the sink's records/s in that run, from the warm-up to the nominal end of the "

@@ -8,6 +8,7 @@ threshold: CI machines are noisy.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,16 @@ from engine.metrics import Timeline
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ft_analysis import longest_zero_s, recovery_s, sink_split, stash_series, targets  # noqa: E402
+from ft import JobSpec, parse_args  # noqa: E402
+from ft_analysis import (  # noqa: E402
+    compare_outputs,
+    longest_zero_s,
+    output_lines,
+    recovery_s,
+    sink_split,
+    stash_series,
+    targets,
+)
 
 T0 = 1_000_000  # ms since the epoch of the first bucket
 OFFERED = 10_000  # records/s: 1000 per 100 ms bucket
@@ -160,6 +170,106 @@ def test_quick_run_writes_every_file_with_every_figure(tmp_path: Path):
     for name in ("ft.md", "ft-latency.png", "ft-lineage-stash.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert "| lineage |" in (tmp_path / "ft.md").read_text()
+
+
+#: a user's job, as `stashflow bench ft --job` takes it: records and rate per source step, an output directory,
+#: and a sink in a task of its own
+VISITS = """
+from connectors import FileSink, GeneratorSource
+from engine import Job
+
+
+def build(events="1000", rate="", output="out/visits", chained=""):
+    job = Job("visits")
+    source = GeneratorSource(lambda i: f"page{(i * 7919) % 50}", count=int(events), rate=float(rate) if rate else None)
+    counts = job.source("visits", source).key_by(lambda page: page).count("per_page")
+    counts.sink("write", FileSink(output), parallelism=None if chained else 1)
+    return job
+"""
+
+
+@pytest.fixture
+def visits(tmp_path: Path) -> Path:
+    path = tmp_path / "visits.py"
+    path.write_text(VISITS)
+    return path
+
+
+def test_a_job_of_ones_own_is_checked_before_anything_runs(visits: Path):
+    spec = JobSpec.load(visits, "events", "rate", "per_page/1", {})
+    assert (spec.sources, spec.sink_steps, spec.default, spec.unit) == (1, ("write",), False, "records")
+    default = parse_args([]).job
+    assert default.default and default.sources == 2 and default.params == {"sink_parallelism": "1"}
+    bad = {
+        "no such file": (visits.with_name("nope.py"), "events", "rate", "per_page/1", {}),
+        "unknown parameter(s) sentences": (visits, "sentences", "rate", "per_page/1", {}),
+        "has no such instance; name one as STEP/INDEX, e.g. --victim per_page/1": (
+            visits, "events", "rate", "count/1", {}
+        ),
+        "step 'per_page' has instances 0..1": (visits, "events", "rate", "per_page/2", {}),
+        "sink 'write' runs in the same task and would die with it": (
+            visits, "events", "rate", "per_page/1", {"chained": "1"}
+        ),
+        "both 'events'": (visits, "events", "events", "per_page/1", {}),
+    }  # fmt: skip
+    for message, args in bad.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            JobSpec.load(*args)
+
+
+def test_bad_harness_options_exit_with_one_line(visits: Path):
+    for argv, message in [
+        (["--job", str(visits)], "unknown parameter(s) sentences"),
+        (["--job", str(visits), "--count-param", "events", "-P", "x"], "is not key=value"),
+        (["--batch-size", "0"], "--batch-size must be a positive number"),
+        (["--records", "-5"], "--records must be a positive number"),
+    ]:
+        proc = subprocess.run(
+            [sys.executable, "bench/ft.py", *argv], capture_output=True, text=True, timeout=60, cwd=ROOT
+        )
+        assert proc.returncode == 2 and message in proc.stderr.splitlines()[-1], proc.stderr
+
+
+def test_output_check_counts_missing_and_extra_lines(tmp_path: Path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "part-0.jsonl").write_text('["x", 1]\n["x", 2]\n')
+    (tmp_path / "part-1.jsonl").write_text('["y", 1]\n')
+    got = output_lines(tmp_path)
+    compare_outputs(got, got.copy())
+    reference = got.copy()
+    reference['["x", 2]'] += 1  # one line lost
+    del reference['["y", 1]']  # and one written that should not be
+    with pytest.raises(ValueError, match=r"1 lines missing, 1 extra \(missing '\[\"x\", 2\]'; extra"):
+        compare_outputs(got, reference)
+
+
+@pytest.mark.bench
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_quick_run_of_ones_own_job_checks_its_output_against_a_failure_free_run(tmp_path: Path, visits: Path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "engine", "bench", "ft", "--quick", "--out", str(out), "--modes", "none,lineage",
+            "--job", str(visits), "--count-param", "events", "--victim", "per_page/1", "--records", "200000",
+            "--batch-size", "500",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )  # fmt: skip
+    failures = [line for line in proc.stderr.splitlines() if line.startswith("ft: FAILED")]
+    assert proc.returncode == 0, "\n".join(failures) or proc.stderr[-3000:]
+    assert "ft: none       reference" in proc.stderr  # the failure run's output was compared with it
+    report = json.loads((out / "ft.json").read_text())
+    cfg = report["config"]
+    assert (cfg["victim"], cfg["unit"], cfg["batch_size"], cfg["sink_records_per_source_record"]) == (
+        "per_page/1", "records", 500, 1.0
+    )  # fmt: skip
+    assert report["modes"]["lineage"]["rolled_back"] == ["per_page/1"]
+    assert "--batch-size 500" in report["modes"]["lineage"]["runs"]["failure"]["command"]
+    assert "max records/s" in (out / "ft.md").read_text()
 
 
 def test_sink_split_separates_the_pipeline_from_the_commit_wait():
