@@ -257,9 +257,11 @@ class Coordinator:
             await run.done.wait()
         return run
 
-    def _deploy_message(
+    def deploy_message(
         self, run: JobRun, insts: list[str], recovery: dict[str, Any] | None = None
     ) -> dict[str, Any]:
+        """The ``deploy`` message that starts ``insts`` of ``run`` on a worker; ``recovery``: per instance,
+        what it restarts from (placement deploys, recoveries and global rollbacks all send it)."""
         return {
             "type": "deploy",
             "job": run.job_id,
@@ -354,7 +356,7 @@ class Coordinator:
     async def _redeploy(self, run: JobRun, inst: str, payload: dict[str, Any]) -> None:
         if not await self.placement.place_all(run, [inst]):
             return
-        message = self._deploy_message(run, [inst], {inst: payload})
+        message = self.deploy_message(run, [inst], {inst: payload})
         await self.workers[run.placement[inst]].send(message)
 
     async def kill(self, job_id: str, instance: str) -> str:

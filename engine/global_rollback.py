@@ -214,7 +214,7 @@ class GlobalCheckpointCoordinator:
             by_worker.setdefault(wid, []).append(inst)
         await asyncio.gather(*(  # at once: a worker slow to stop its instances must not delay the others
             coord.workers[wid].send(
-                {**coord._deploy_message(run, names, {i: recovery[i] for i in names}), "type": "restart"}
+                {**coord.deploy_message(run, names, {i: recovery[i] for i in names}), "type": "restart"}
             )
             for wid, names in by_worker.items()
         ))  # fmt: skip
@@ -222,7 +222,7 @@ class GlobalCheckpointCoordinator:
             if not await coord.placement.place_all(run, gone):
                 return True  # the job failed, with the reason
             for inst in gone:
-                message = coord._deploy_message(run, [inst], {inst: recovery[inst]})
+                message = coord.deploy_message(run, [inst], {inst: recovery[inst]})
                 await coord.workers[run.placement[inst]].send(message)
         deadline = time.monotonic() + coord.deploy_timeout
         while not job.all_deployed.is_set():

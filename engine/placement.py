@@ -58,7 +58,7 @@ class Placement:
             for wid, insts in by_worker.items():
                 w = self.coord.workers.get(wid)
                 if w is not None:
-                    await w.send(self.coord._deploy_message(run, insts))
+                    await w.send(self.coord.deploy_message(run, insts))
 
     async def _spares_registered(self, run: JobRun) -> None:
         """Local mode: wait (at most :data:`SPARE_WAIT_S`) until the job's spares, launched with its
