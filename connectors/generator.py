@@ -140,15 +140,13 @@ class _GeneratorReader(SourceReader):
         return self._produced if self._period_ns is None else (self._produced, self._start_ns)
 
     def seek(self, offset: Any) -> None:
-        if (
-            type(offset) is int and offset >= 0
-        ):  # a plain count: from a reader without a rate; the schedule stays
+        # a plain count: from a reader without a rate; the schedule stays
+        if type(offset) is int and offset >= 0:
             self._produced = offset
             return
         try:
-            produced, start_ns = (
-                offset  # a rate-limited reader's (records, schedule start), a list after msgpack
-            )
+            # a rate-limited reader's (records, schedule start), a list after msgpack
+            produced, start_ns = offset
             if type(produced) is not int or produced < 0 or not (start_ns is None or type(start_ns) is int):
                 raise ValueError
         except (TypeError, ValueError):

@@ -119,9 +119,8 @@ class EpochGate:
         for _cid, batches in epochs:
             restored: list[tuple[int, Any, int, int | None]] = []
             for item in batches:
-                if (
-                    len(item) == 3
-                ):  # saved before batches were held as prepared: (index, packed records, stamp)
+                # saved before batches were held as prepared: (index, packed records, stamp)
+                if len(item) == 3:
                     index, data, _ = item
                     records = unpack(data)
                     restored.append((int(index), writers[int(index)].prepare(records), len(records), None))
